@@ -1,0 +1,308 @@
+"""Segmentation metrics: confusion matrix, (m)IoU and friends.
+
+Conventions (REFERENCE.md s6): the confusion matrix ``cm[K, K]`` has rows = ground truth,
+columns = prediction, accumulated over a whole split; pixels whose ground truth is outside
+``[0, K)`` (ignore label 255 included) are skipped. ``IoU_c = TP / (TP + FP + FN)``; classes
+with ``TP + FP + FN == 0`` get NaN and are excluded from the mean (``mIoU = nanmean``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+IGNORE_LABEL = 255
+
+__all__ = [
+    "IGNORE_LABEL",
+    "confusion_matrix",
+    "ConfusionMatrixMetric",
+    "iou_from_matrix",
+    "compute_metrics",
+    "format_table",
+    "write_metrics",
+]
+
+
+# ----------------------------------------------------------------------------------------
+# TensorFlow side
+# ----------------------------------------------------------------------------------------
+
+def _to_class_map(y_pred):
+    """Logits/probabilities ``[B, H, W, K]`` -> argmax ``[B, H, W]``; class maps pass."""
+    y_pred = tf.convert_to_tensor(y_pred)
+    if y_pred.shape.rank == 4:
+        if y_pred.shape[-1] == 1 and not y_pred.dtype.is_floating:
+            return tf.cast(tf.squeeze(y_pred, -1), tf.int32)
+        return tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+    if y_pred.dtype.is_floating:
+        y_pred = tf.round(y_pred)
+    return tf.cast(y_pred, tf.int32)
+
+
+def _to_label_map(y_true):
+    y_true = tf.convert_to_tensor(y_true)
+    if y_true.shape.rank == 4:
+        y_true = tf.squeeze(y_true, axis=-1)
+    if y_true.dtype.is_floating:
+        y_true = tf.round(y_true)
+    return tf.cast(y_true, tf.int32)
+
+
+def confusion_matrix(labels, preds, num_classes: int, ignore_label: int = IGNORE_LABEL,
+                     sample_weight=None, dtype=tf.int64):
+    """Confusion matrix ``[K, K]`` (rows = ground truth, columns = prediction).
+
+    ``labels``: int ``[B, H, W]`` (or ``[B, H, W, 1]``); ``preds``: class map ``[B, H, W]``
+    or logits ``[B, H, W, K]`` (argmax is taken). Pixels with a ground truth outside
+    ``[0, K)`` are skipped, as are (defensively) pixels with a prediction outside
+    ``[0, K)``, which an argmax never produces. ``sample_weight`` (optional, ``[B]`` or
+    broadcastable to ``[B, H, W]``) weights each pixel's count; pass a float ``dtype`` then.
+    Uses ``unsorted_segment_sum`` (XLA-friendly). Returns ``dtype`` (int64 by default).
+    """
+    del ignore_label  # every gt outside [0, K) is skipped, ignore_label included
+    k = int(num_classes)
+    label_map = _to_label_map(labels)
+    labels = tf.reshape(label_map, [-1])
+    preds = tf.reshape(_to_class_map(preds), [-1])
+    valid = (labels >= 0) & (labels < k) & (preds >= 0) & (preds < k)
+    ids = tf.where(valid, labels * k + preds, tf.zeros_like(labels))
+    if sample_weight is None:
+        counts = tf.cast(valid, dtype)
+    else:
+        w = tf.cast(sample_weight, dtype)
+        if w.shape.rank == 4:
+            w = tf.squeeze(w, axis=-1)
+        elif w.shape.rank == 1:  # one weight per image
+            w = w[:, None, None]
+        w = tf.broadcast_to(w, tf.shape(label_map))
+        counts = tf.reshape(w, [-1]) * tf.cast(valid, dtype)
+    cm = tf.math.unsorted_segment_sum(counts, ids, num_segments=k * k)
+    return tf.reshape(cm, [k, k])
+
+
+def iou_from_matrix(cm):
+    """Per-class IoU ``[K]`` (float64 tensor) from a confusion matrix; NaN where undefined."""
+    cm = tf.cast(cm, tf.float64)
+    tp = tf.linalg.diag_part(cm)
+    union = tf.reduce_sum(cm, axis=0) + tf.reduce_sum(cm, axis=1) - tp
+    nan = tf.constant(float("nan"), tf.float64)
+    return tf.where(union > 0, tp / tf.where(union > 0, union, tf.ones_like(union)), nan)
+
+
+@keras.saving.register_keras_serializable(package="hmsa_keras")
+class ConfusionMatrixMetric(keras.metrics.Metric):
+    """Streaming confusion matrix whose ``result()`` is the mIoU.
+
+    ``update_state(y_true, y_pred, sample_weight=None)``: ``y_true`` int ``[B, H, W]``
+    (or ``[B, H, W, 1]``), ``y_pred`` logits ``[B, H, W, K]`` or an int class map
+    ``[B, H, W]``. The matrix is kept in a float64 variable (exact counts up to 2**53
+    pixels) created with ``aggregation="sum"``, ``synchronization="on_read"``: under a
+    ``tf.distribute`` strategy each replica accumulates its own pixels and a read in
+    cross-replica context (``metric.result()`` / ``metric.matrix()`` called outside
+    ``strategy.run``) returns the SUM over replicas, i.e. the exact global matrix.
+
+    ``result()``: mIoU = nanmean over classes with ``TP + FP + FN > 0``; 0.0 when the
+    matrix is empty (no class present yet).
+    """
+
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str = "miou",
+                 dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype or "float32", **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.total_cm = self.add_variable(
+            shape=(self.num_classes, self.num_classes),
+            initializer="zeros",
+            dtype="float64",
+            aggregation="sum",
+            name="total_confusion_matrix",
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        cm = confusion_matrix(y_true, y_pred, self.num_classes, self.ignore_label,
+                              sample_weight=sample_weight, dtype=tf.float64)
+        self.total_cm.assign_add(cm)
+
+    def matrix(self):
+        """The accumulated ``[K, K]`` float64 matrix (rows = ground truth)."""
+        return tf.convert_to_tensor(self.total_cm)
+
+    def per_class_iou(self):
+        return iou_from_matrix(self.matrix())
+
+    def result(self):
+        iou = self.per_class_iou()
+        present = tf.logical_not(tf.math.is_nan(iou))
+        n = tf.reduce_sum(tf.cast(present, tf.float64))
+        total = tf.reduce_sum(tf.where(present, iou, tf.zeros_like(iou)))
+        return tf.cast(tf.math.divide_no_nan(total, n), self.dtype)
+
+    def reset_state(self):
+        self.total_cm.assign(tf.zeros((self.num_classes, self.num_classes), tf.float64))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "ignore_label": self.ignore_label})
+        return config
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy side (reports)
+# ----------------------------------------------------------------------------------------
+
+def _div(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
+    return out
+
+
+def _nanmean(x):
+    x = np.asarray(x, np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def compute_metrics(cm, class_names: Optional[Sequence[str]] = None) -> dict:
+    """Summary and per-class metrics from a confusion matrix (rows = ground truth).
+
+    Returns a dict with ``miou``, ``pixel_accuracy``, ``mean_class_accuracy``, ``fw_iou``,
+    ``num_classes``, ``total_pixels``, ``classes_present`` (classes with TP+FP+FN > 0) and
+    ``per_class``: a list of dicts ``name, iou, tp_share, fp_share, fn_share, precision,
+    recall, gt_pixels, pred_pixels``. ``*_share`` are TP, FP, FN as fractions of the union
+    TP+FP+FN (so ``tp_share == iou`` and the three sum to 1). Undefined values are NaN
+    (e.g. recall of a class absent from the ground truth); the means skip NaNs.
+    """
+    cm = np.asarray(cm, np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    k = cm.shape[0]
+    if class_names is None:
+        class_names = [str(i) for i in range(k)]
+    if len(class_names) != k:
+        raise ValueError(f"{len(class_names)} class names for {k} classes")
+    tp = np.diag(cm)
+    gt = cm.sum(axis=1)
+    pred = cm.sum(axis=0)
+    fp = pred - tp
+    fn = gt - tp
+    union = tp + fp + fn
+    total = cm.sum()
+    iou = _div(tp, union)
+    recall = _div(tp, gt)
+    precision = _div(tp, pred)
+    freq = gt / total if total > 0 else np.zeros(k)
+    valid_fw = gt > 0
+    fw_iou = float(np.sum(freq[valid_fw] * np.nan_to_num(iou[valid_fw]))) if total > 0 \
+        else float("nan")
+    per_class = []
+    for c in range(k):
+        per_class.append({
+            "name": str(class_names[c]),
+            "iou": float(iou[c]),
+            "tp_share": float(_div(tp[c], union[c])),
+            "fp_share": float(_div(fp[c], union[c])),
+            "fn_share": float(_div(fn[c], union[c])),
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "gt_pixels": int(round(gt[c])),
+            "pred_pixels": int(round(pred[c])),
+        })
+    return {
+        "miou": _nanmean(iou),
+        "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+        "mean_class_accuracy": _nanmean(recall),
+        "fw_iou": fw_iou,
+        "num_classes": int(k),
+        "total_pixels": int(round(total)),
+        "classes_present": int(np.sum(union > 0)),
+        "per_class": per_class,
+    }
+
+
+def _fmt(x, pct=True, width=8):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return f"{'-':>{width}}"
+    return f"{100.0 * x:>{width}.2f}" if pct else f"{x:>{width}}"
+
+
+def format_table(metrics: dict) -> str:
+    """Printable per-class table (percentages) followed by the summary lines."""
+    rows = metrics.get("per_class", [])
+    name_w = max([len("class")] + [len(r["name"]) for r in rows])
+    cols = ["IoU", "TP", "FP", "FN", "Prec", "Recall"]
+    header = f"{'id':>3}  {'class':<{name_w}}" + "".join(f"{c:>8}" for c in cols) \
+        + f"{'gt_pixels':>14}"
+    lines = [header, "-" * len(header)]
+    for i, r in enumerate(rows):
+        lines.append(
+            f"{i:>3}  {r['name']:<{name_w}}"
+            + _fmt(r["iou"]) + _fmt(r["tp_share"]) + _fmt(r["fp_share"]) + _fmt(r["fn_share"])
+            + _fmt(r["precision"]) + _fmt(r["recall"]) + f"{r['gt_pixels']:>14d}")
+    lines.append("-" * len(header))
+    for key, label in [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"),
+                       ("mean_class_accuracy", "mean class accuracy"),
+                       ("fw_iou", "frequency-weighted IoU")]:
+        if key in metrics:
+            lines.append(f"{label:<24}{_fmt(metrics[key]).strip()}")
+    lines.append("(TP/FP/FN as % of TP+FP+FN; '-' = undefined, excluded from means)")
+    return "\n".join(lines)
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    return x
+
+
+def write_metrics(metrics: dict, json_path=None, csv_path=None):
+    """Write the metrics dict as JSON (NaN -> null) and the per-class table as CSV.
+
+    Either path may be None to skip it. Parent directories are created. The CSV has one
+    row per class (``id`` + the per-class keys; NaN as an empty cell) followed by
+    ``summary`` rows for miou, pixel_accuracy, mean_class_accuracy and fw_iou.
+    """
+    if json_path:
+        d = os.path.dirname(os.fspath(json_path))
+        if d:
+            os.makedirs(d, exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(_json_safe(metrics), f, indent=2, allow_nan=False)
+    if csv_path:
+        d = os.path.dirname(os.fspath(csv_path))
+        if d:
+            os.makedirs(d, exist_ok=True)
+        fields = ["id", "name", "iou", "tp_share", "fp_share", "fn_share", "precision",
+                  "recall", "gt_pixels", "pred_pixels"]
+
+        def cell(v):
+            if isinstance(v, float) and math.isnan(v):
+                return ""
+            return v
+
+        with open(csv_path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(fields)
+            for i, r in enumerate(metrics.get("per_class", [])):
+                w.writerow([i] + [cell(r.get(k, "")) for k in fields[1:]])
+            for key in ("miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou"):
+                if key in metrics:
+                    w.writerow(["summary", key, cell(metrics[key])] + [""] * (len(fields) - 3))

@@ -1,0 +1,7 @@
+"""Model family: trunks, heads, the single-scale segmenter, fusion and the HMSA model."""
+
+from hmsa_keras.models.hmsa import HMSA, validate_scales
+from hmsa_keras.models.segmenter import build_segmenter
+from hmsa_keras.models.trunks import build_trunk
+
+__all__ = ["HMSA", "build_segmenter", "build_trunk", "validate_scales"]

@@ -1,0 +1,76 @@
+"""Multi-scale fusion as pure tensor functions (no layers, no state).
+
+``outputs`` everywhere is a dict ``{scale: (logits, attention_logits)}`` of
+float32 NHWC tensors, each at the size of the image resized by that scale.
+Hierarchical fusion follows Tao et al. 2020 and the reference ``nscale_forward``:
+
+    scales sorted descending; pred = logits of the largest scale; then for s:
+      s >= 1: pred = a_s * L_s + (1 - a_s) * resize(pred, size_s)
+      s <  1: pred = U(a_s * L_s) + (1 - U(a_s)) * pred            (U: up to pred's size)
+
+so the lowest scale has the final say and the largest scale's attention is unused.
+With scales (0.5, 1.0) this is the training fusion
+``L = U(a_0.5 * L_0.5) + (1 - U(a_0.5)) * L_1.0``.
+"""
+
+import tensorflow as tf
+
+
+def resize(x, size):
+    """Bilinear, half-pixel (align_corners=False) resize to ``size`` = (h, w)."""
+    return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+
+def scaled_size(images, scale):
+    """(floor(H * scale), floor(W * scale)) of an NHWC batch, at least 1 pixel."""
+    hw = tf.cast(tf.shape(images)[1:3], tf.float64)
+    return tf.maximum(tf.cast(tf.floor(hw * float(scale)), tf.int32), 1)
+
+
+def hierarchical(outputs):
+    """Hierarchical attention chain over any scales (see module docstring). Returns
+    logits at the size of the smallest scale >= 1 in the chain (the largest if none)."""
+    scales = sorted(outputs, reverse=True)
+    pred = outputs[scales[0]][0]
+    for s in scales[1:]:
+        logits, attn = outputs[s][0], tf.sigmoid(outputs[s][1])
+        if s >= 1.0:
+            pred = attn * logits + (1.0 - attn) * resize(pred, tf.shape(logits)[1:3])
+        else:
+            size = tf.shape(pred)[1:3]
+            pred = resize(attn * logits, size) + (1.0 - resize(attn, size)) * pred
+    return pred
+
+
+def explicit(outputs, size):
+    """Explicit attention to scale (Chen et al. 2016): softmax over scales of the
+    attention scores, weighting every scale's logits at ``size``."""
+    scales = sorted(outputs)
+    logits = tf.stack([resize(outputs[s][0], size) for s in scales], axis=0)
+    weights = tf.nn.softmax(tf.stack([resize(outputs[s][1], size) for s in scales], axis=0), axis=0)
+    return tf.reduce_sum(weights * logits, axis=0)
+
+
+def mean(outputs, size):
+    return tf.reduce_mean(tf.stack([resize(o[0], size) for o in outputs.values()], axis=0), axis=0)
+
+
+def maximum(outputs, size):
+    return tf.reduce_max(tf.stack([resize(o[0], size) for o in outputs.values()], axis=0), axis=0)
+
+
+def fuse(outputs, fusion, size):
+    """Dispatches on ``fusion`` and returns logits resized to ``size`` (the input size)."""
+    if fusion == "hierarchical":
+        fused = hierarchical(outputs)
+    elif fusion == "explicit":
+        fused = explicit(outputs, size)
+    elif fusion == "mean":
+        fused = mean(outputs, size)
+    elif fusion == "max":
+        fused = maximum(outputs, size)
+    elif fusion == "single":
+        fused = outputs[1.0][0] if 1.0 in outputs else mean(outputs, size)
+    else:
+        raise ValueError(f"Unknown fusion {fusion!r}")
+    return resize(fused, size)  # identity when the chain already ends at ``size``

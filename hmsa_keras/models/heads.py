@@ -1,0 +1,100 @@
+"""DeepLabV3+ decoder and the segmentation, attention and auxiliary heads.
+
+Functional building blocks: each function takes Keras tensors and returns Keras
+tensors, naming its layers with a prefix so that parts can be frozen by name
+(``aspp_``/``decoder_``/``seg_``/``aux_`` form the segmentation head, ``attn_``
+the attention head). Heads follow the reference (NVIDIA semantic-segmentation
+``network/deepv3.py`` and ``network/mscale.py``, see REFERENCE.md s2).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+
+
+@keras.saving.register_keras_serializable(package="hmsa_keras")
+class ResizeLike(keras.layers.Layer):
+    """Bilinear (half-pixel) resize of ``x`` to the spatial size of ``reference``.
+
+    Uses ``tf.image.resize`` with a dynamic size, which exports to SavedModel and
+    TFLite (Keras' own resize with a symbolic size does not, REFERENCE s7).
+    """
+
+    def call(self, x, reference):
+        size = tf.shape(reference)[1:3]
+        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+class LayerFactory:
+    """Creates the head layers with one BatchNorm setting, so nothing is global."""
+
+    def __init__(self, bn_momentum=0.9, sync_bn=False, bn_epsilon=1e-5):
+        self.bn_momentum = bn_momentum
+        self.sync_bn = sync_bn
+        self.bn_epsilon = bn_epsilon
+
+    def bn(self, name):
+        return keras.layers.BatchNormalization(
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name)
+
+    def conv_bn_relu(self, x, filters, kernel_size, name, dilation_rate=1):
+        x = keras.layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation_rate,
+                                use_bias=False, name=f"{name}_conv")(x)
+        x = self.bn(f"{name}_bn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def aspp(features, layers: LayerFactory, output_stride=16, channels=256, dropout=0.0):
+    """Atrous spatial pyramid pooling: 1x1, three atrous 3x3 and image pooling, then 1x1."""
+    branches = [layers.conv_bn_relu(features, channels, 1, "aspp_1x1")]
+    for i, rate in enumerate(ASPP_RATES[output_stride]):
+        branches.append(layers.conv_bn_relu(features, channels, 3, f"aspp_atrous{i + 1}", rate))
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(features)
+    pooled = layers.conv_bn_relu(pooled, channels, 1, "aspp_pool_proj")
+    branches.append(ResizeLike(name="aspp_pool_resize")(pooled, features))
+    x = keras.layers.Concatenate(name="aspp_concat")(branches)
+    x = layers.conv_bn_relu(x, channels, 1, "aspp_project")
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="aspp_dropout")(x)
+    return x
+
+
+def decoder(aspp_out, low_level, layers: LayerFactory, low_level_channels=48):
+    """DeepLabV3+ fusion of ASPP output (upsampled) with projected stride-4 features."""
+    low = layers.conv_bn_relu(low_level, low_level_channels, 1, "decoder_low")
+    up = ResizeLike(name="decoder_upsample")(aspp_out, low)
+    return keras.layers.Concatenate(name="decoder_concat")([up, low])
+
+
+def conv_head(x, layers: LayerFactory, out_channels, prefix, channels=256):
+    """3x3-BN-ReLU, 3x3-BN-ReLU, 1x1: the reference's segmentation and attention head."""
+    x = layers.conv_bn_relu(x, channels, 3, f"{prefix}_1")
+    x = layers.conv_bn_relu(x, channels, 3, f"{prefix}_2")
+    return keras.layers.Conv2D(out_channels, 1, use_bias=out_channels != 1, name=f"{prefix}_out")(x)
+
+
+def deconv_attention_head(x, layers: LayerFactory, reference, prefix="attn"):
+    """The seed report's head: transposed convolutions 6x6/2->512, 6x6/2->256, 6x6/2->64, 5x5/1->1.
+
+    Each but the last is followed by BN and LeakyReLU; the output is resized to
+    ``reference`` (the decoder features) so it lines up with the segmentation logits.
+    """
+    for i, (filters, kernel, stride) in enumerate(((512, 6, 2), (256, 6, 2), (64, 6, 2))):
+        x = keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding="same",
+                                         use_bias=False, name=f"{prefix}_deconv{i + 1}")(x)
+        x = layers.bn(f"{prefix}_deconv{i + 1}_bn")(x)
+        x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"{prefix}_deconv{i + 1}_lrelu")(x)
+    x = keras.layers.Conv2DTranspose(1, 5, strides=1, padding="same", name=f"{prefix}_out")(x)
+    return ResizeLike(name=f"{prefix}_resize")(x, reference)
+
+
+def aux_head(features, layers: LayerFactory, num_classes, channels=256, prefix="aux"):
+    """Auxiliary head on the trunk's final features: 1x1-BN-ReLU-1x1."""
+    x = layers.conv_bn_relu(features, channels, 1, f"{prefix}_1")
+    return keras.layers.Conv2D(num_classes, 1, name=f"{prefix}_out")(x)

@@ -1,0 +1,1 @@
+"""Training engine: optimizer and schedule, strategies, the distributed loop, callbacks, trainer."""

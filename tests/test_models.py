@@ -1,0 +1,151 @@
+"""Trunks, heads, the segmenter and the HMSA model: shapes, strides, saving, errors."""
+
+import numpy as np
+import pytest
+
+import hmsa_keras
+from hmsa_keras.models import HMSA, build_trunk
+from tests.conftest import TINY
+
+
+def _dilations(trunk_model):
+    inner = [l for l in trunk_model.layers if hasattr(l, "layers")][0]
+    return {l.name: l.dilation_rate[0] for l in inner.layers if hasattr(l, "dilation_rate")}
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_mobilenet_trunk_output_stride_and_dilation(output_stride):
+    trunk = build_trunk("mobilenetv2", 0.35, output_stride)
+    low, high = trunk(np.zeros((1, 64, 96, 3), "float32"))
+    assert low.shape[1:3] == (16, 24)  # stride 4
+    assert high.shape[1:3] == (64 // output_stride, 96 // output_stride)
+    d = _dilations(trunk)
+    if output_stride == 16:
+        assert d["block_13_depthwise"] == 1 and d["block_14_depthwise"] == 2 and d["block_12_depthwise"] == 1
+    else:
+        assert d["block_6_depthwise"] == 1 and d["block_7_depthwise"] == 2
+        assert d["block_13_depthwise"] == 2 and d["block_16_depthwise"] == 4
+
+
+def test_resnet50_os8_has_dilated_convolutions_and_40m_params():
+    model = HMSA(19, trunk="resnet50", output_stride=8)
+    d = _dilations(model.network.get_layer("trunk"))
+    assert d["conv4_block1_2_conv"] == 1 and d["conv4_block2_2_conv"] == 2 and d["conv5_block3_2_conv"] == 4
+    assert 38e6 < model.count_params() < 43e6  # reference: about 40M
+    low, high = model.network.get_layer("trunk")(np.zeros((1, 64, 64, 3), "float32"))
+    assert high.shape == (1, 8, 8, 2048) and low.shape == (1, 16, 16, 256)
+
+
+def test_dilated_trunk_keeps_weights_of_the_original():
+    """Conversion changes strides/dilation only: an OS8 and an OS16 trunk built from the
+    same weights file hold identical weights."""
+    import tempfile, os, keras
+    base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
+    path = os.path.join(tempfile.mkdtemp(), "mnv2.weights.h5")
+    base.save_weights(path)
+    t8 = build_trunk("mobilenetv2", 0.35, 8, weights=path)
+    t16 = build_trunk("mobilenetv2", 0.35, 16, weights=path)
+    for a, b in zip(t8.get_weights(), t16.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(t8.get_weights()[0], base.get_weights()[0])
+
+
+def test_segmenter_outputs_at_input_size_with_aux_and_deconv_head():
+    model = HMSA(5, attention_head="deconv", aux_head=True, **TINY)
+    out = model.network(np.zeros((2, 65, 97, 3), "float32"))
+    assert out["logits"].shape == (2, 65, 97, 5)
+    assert out["attention_logits"].shape == (2, 65, 97, 1)
+    assert out["aux_logits"].shape == (2, 65, 97, 5)
+    assert any(l.name.startswith("attn_deconv") for l in model.network.layers)
+
+
+def test_trunk_batchnorm_momentum_is_set():
+    import keras
+    model = HMSA(3, bn_momentum=0.95, sync_bn=True, **TINY)
+    trunk = model.network.get_layer("trunk")
+    inner = [l for l in trunk.layers if hasattr(l, "layers")][0]
+    bns = [l for l in inner.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(l.momentum == 0.95 and l.synchronized for l in bns)
+
+
+@pytest.mark.parametrize("fusion", ["hierarchical", "explicit", "mean", "max", "single"])
+def test_save_reload_keras_and_weights_identical(tmp_path, fusion):
+    import keras
+    scales = (0.5, 1.0, 2.0) if fusion == "explicit" else (0.5, 1.0)
+    model = HMSA(3, fusion=fusion, train_scales=scales, **TINY)
+    x = np.random.default_rng(0).normal(size=(1, 48, 64, 3)).astype("float32")
+    ref = model(x).numpy()
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded(x).numpy(), ref)
+    assert loaded.get_config() == model.get_config()
+    model.save_weights(tmp_path / "m.weights.h5")
+    other = HMSA.from_config(model.get_config())
+    assert np.abs(other(x).numpy() - ref).max() > 0  # fresh weights differ...
+    other.load_weights(tmp_path / "m.weights.h5")
+    np.testing.assert_array_equal(other(x).numpy(), ref)  # ...until loaded
+
+
+def test_load_model_from_training_dir(tmp_path, tiny_model):
+    with pytest.raises(FileNotFoundError, match="best.keras"):
+        hmsa_keras.load_model(str(tmp_path))
+    tiny_model.save(tmp_path / "best.keras")
+    loaded = hmsa_keras.load_model(str(tmp_path))
+    x = np.zeros((1, 32, 32, 3), "float32")
+    np.testing.assert_array_equal(loaded(x).numpy(), tiny_model(x).numpy())
+
+
+def test_segment_image_api(tiny_model):
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    out = hmsa_keras.segment_image(tiny_model, image, scales=(0.5, 1.0, 2.0), return_details=True)
+    assert out["classes"].shape == (40, 56) and out["probabilities"].shape == (40, 56, 4)
+    np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, atol=1e-5)
+    assert set(out["attention"]) == {0.5, 1.0, 2.0} and out["attention"][0.5].shape == (40, 56)
+
+
+def test_freeze_groups(tiny_model):
+    model = HMSA(3, **TINY)
+    n_all = len(model.trainable_variables)
+    model.set_frozen(["trunk"])
+    names = [v.path for v in model.trainable_variables]
+    assert len(names) < n_all and not any("block_" in n or "Conv1" in n for n in names)
+    model.set_frozen(["trunk", "seg_head"])
+    assert all("attn_" in v.path for v in model.trainable_variables)
+    model.set_frozen([])
+    assert len(model.trainable_variables) == n_all
+    with pytest.raises(ValueError, match="allowed"):
+        model.set_frozen(["decoder"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(trunk="vgg16"), "Unknown trunk 'vgg16'; allowed: mobilenetv2, resnet50, resnet101"),
+    (dict(output_stride=32), r"output_stride must be one of \(8, 16\)"),
+    (dict(weights="/nonexistent/w.h5"), "does not exist"),
+    (dict(fusion="sum"), "fusion must be one of"),
+    (dict(train_scales=()), "must not be empty"),
+    (dict(train_scales=(0.0, 1.0)), "every scale must be > 0"),
+    (dict(attention_head="mlp"), "attention_head must be one of"),
+])
+def test_bad_arguments_say_what_is_allowed(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HMSA(3, **{**TINY, **kwargs})
+
+
+def test_wrong_weights_file(tmp_path):
+    bad = tmp_path / "garbage.h5"
+    bad.write_bytes(b"not a weights file")
+    with pytest.raises(ValueError, match="Could not load trunk weights from"):
+        build_trunk("mobilenetv2", 0.35, 16, weights=str(bad))
+
+
+def test_bad_inference_scales(tiny_model):
+    x = np.zeros((1, 32, 32, 3), "float32")
+    with pytest.raises(ValueError, match="must not be empty"):
+        tiny_model.segment(x, scales=())
+    with pytest.raises(ValueError, match="> 0"):
+        tiny_model.segment(x, scales=(-0.5, 1.0))
+
+
+def test_build_model_rejects_unknown_option():
+    with pytest.raises(ValueError, match="Unknown model option"):
+        hmsa_keras.build_model(num_classes=3, colour="red")
