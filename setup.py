@@ -40,6 +40,7 @@ setup(
             "hmsa-train=hmsa_keras.cli.train:run",
             "hmsa-eval=hmsa_keras.cli.eval:run",
             "hmsa-predict=hmsa_keras.cli.predict:run",
+            "hmsa-autolabel=hmsa_keras.cli.predict:run_autolabel",
             "hmsa-export=hmsa_keras.cli.export:run",
             "hmsa-data=hmsa_keras.cli.data:run",
         ],

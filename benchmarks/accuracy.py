@@ -70,25 +70,25 @@ def budgets(args):
                      image_every=0)
         return {"synthetic": (tiny, data, train)}
     out = {}
-    heads = dict(aspp_channels=64, decoder_channels=64, attention_channels=64, low_level_channels=48)
+    heads = dict(aspp_channels=32, decoder_channels=32, attention_channels=32, low_level_channels=24)
     if "synthetic" in args.datasets:
         out["synthetic"] = (
             dict(trunk="mobilenetv2", alpha=0.35, **heads),
-            dict(dataset="synthetic", crop_size=(128, 128), synthetic_train_size=512, synthetic_val_size=64,
+            dict(dataset="synthetic", crop_size=(96, 96), synthetic_train_size=512, synthetic_val_size=32,
                  scale_min=0.75, scale_max=1.5),
-            dict(batch_size=8, epochs=1, steps_per_epoch=args.synthetic_steps or 400, learning_rate=0.05,
+            dict(batch_size=4, epochs=1, steps_per_epoch=args.synthetic_steps or 150, learning_rate=0.05,
                  warmup_steps=20, image_every=0))
     if "camvid" in args.datasets:
         if not Path(args.camvid_dir, "train").is_dir():
             print(f"camvid: skipped ({args.camvid_dir} not found)", flush=True)
         else:
             out["camvid"] = (
-                dict(trunk="mobilenetv2", alpha=0.5, **heads),
-                dict(dataset="camvid", data_dir=args.camvid_dir, crop_size=(192, 256), scale_min=0.5,
+                dict(trunk="mobilenetv2", alpha=0.35, **heads),
+                dict(dataset="camvid", data_dir=args.camvid_dir, crop_size=(128, 160), scale_min=0.5,
                      scale_max=2.0, class_uniform_fraction=0.5,
-                     eval_long_edge=args.camvid_eval_long_edge or None,
+                     eval_long_edge=args.camvid_eval_long_edge if args.camvid_eval_long_edge >= 0 else None,
                      cache_dir=os.path.join(args.work_dir, "camvid_cache")),
-                dict(batch_size=4, epochs=1, steps_per_epoch=args.camvid_steps or 800, learning_rate=0.05,
+                dict(batch_size=4, epochs=1, steps_per_epoch=args.camvid_steps or 150, learning_rate=0.05,
                      warmup_steps=50, image_every=0))
     return out
 
@@ -255,10 +255,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CI)")
     parser.add_argument("--datasets", default="synthetic,camvid")
     parser.add_argument("--camvid_dir", default=str(DEFAULT_CAMVID))
-    parser.add_argument("--synthetic_steps", type=int, default=0, help="0 = default budget (400)")
-    parser.add_argument("--camvid_steps", type=int, default=0, help="0 = default budget (800)")
-    parser.add_argument("--camvid_eval_long_edge", type=int, default=0,
-                        help="evaluate CamVid resized to this long edge (0 = full 480x360)")
+    parser.add_argument("--synthetic_steps", type=int, default=0, help="0 = default budget (150)")
+    parser.add_argument("--camvid_steps", type=int, default=0, help="0 = default budget (150)")
+    parser.add_argument("--camvid_eval_long_edge", type=int, default=240,
+                        help="evaluate CamVid resized to this long edge (default 240, i.e. 240x180; -1 = full 480x360)")
     parser.add_argument("--out_dir", default=None, help="results (json, md); default benchmarks/results")
     parser.add_argument("--figures_dir", default=None, help="default docs/figures (out_dir with --quick)")
     parser.add_argument("--work_dir", default=None, help="training runs (default: a temporary directory)")

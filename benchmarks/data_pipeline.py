@@ -32,18 +32,25 @@ DEFAULT_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camv
 
 
 def measure(config, batch_size, batches, repeats, warmup=3):
-    """Median images/s over ``repeats`` runs of ``batches`` batches each."""
-    rates = []
+    """Median images/s (wall clock) and CPU ms per image over ``repeats`` runs.
+
+    CPU time (all threads of this process) per image is reported too: on a
+    shared machine it is the steadier figure (wall-clock rates drop when other
+    processes compete for the cores).
+    """
+    rates, cpu_ms = [], []
     ds = build_dataset(config, config.train_split, training=True, batch_size=batch_size)
     for _ in range(repeats):
         it = iter(ds)
         for _ in range(warmup):
             next(it)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(batches):
             next(it)
-        rates.append(batches * batch_size / (time.perf_counter() - start))
-    return statistics.median(rates), rates
+        images = batches * batch_size
+        rates.append(images / (time.perf_counter() - start))
+        cpu_ms.append(1e3 * (time.process_time() - cpu) / images)
+    return statistics.median(rates), rates, statistics.median(cpu_ms)
 
 
 def main(argv=None):
@@ -62,10 +69,14 @@ def main(argv=None):
     else:
         print(f"camvid: skipped ({args.camvid_dir} not found)")
     for name, config, batch in recipes:
-        median, rates = measure(config, batch, batches, repeats)
+        median, rates, cpu_ms = measure(config, batch, batches, repeats)
         crop = "x".join(map(str, config.crop_size))
         print(f"{name:11s} dataset={config.dataset:9s} crop={crop:8s} batch={batch}: "
-              f"{median:7.1f} images/s (median; runs: {', '.join(f'{r:.1f}' for r in rates)})")
+              f"{median:7.1f} images/s (median; runs: {', '.join(f'{r:.1f}' for r in rates)}); "
+              f"CPU {cpu_ms:.1f} ms/image")
+    if hasattr(os, "getloadavg"):
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus "
+              "(wall-clock rates fall when other processes compete)")
 
 
 if __name__ == "__main__":

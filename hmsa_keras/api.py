@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 
 import numpy as np
 
@@ -47,6 +48,25 @@ def load_model(path: str, compile: bool = False):
     return keras.models.load_model(resolve_model_path(path), compile=compile)
 
 
+_COMPILED = weakref.WeakKeyDictionary()  # model -> {(scales, flip, details): tf.function}
+
+
+def compiled_segment(model, scales, flip=False, return_details=False):
+    """``model.segment`` as a tf.function for any image size, traced once per argument set
+    and cached per model (eager multi-scale inference is ~100x slower)."""
+    import tensorflow as tf
+
+    from hmsa_keras.models import validate_scales
+
+    key = (validate_scales(scales), bool(flip), bool(return_details))
+    per_model = _COMPILED.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = tf.function(
+            lambda images: model.segment(images, key[0], key[1], return_details=key[2]),
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    return per_model[key]
+
+
 def segment_image(model, image, scales=(0.5, 1.0, 2.0), flip=False, return_details=False):
     """Segments one RGB image (uint8 ``[H, W, 3]``) with any chain of scales.
 
@@ -60,7 +80,10 @@ def segment_image(model, image, scales=(0.5, 1.0, 2.0), flip=False, return_detai
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be [H, W, 3] RGB, got shape {image.shape}")
-    out = model.segment(normalize(image[None]), scales=scales, flip=flip, return_details=return_details)
+    from hmsa_keras.models.hmsa import check_min_size
+
+    check_min_size((1,) + image.shape, scales)
+    out = compiled_segment(model, scales, flip, return_details)(normalize(image[None]))
     result = {"classes": out["classes"][0].numpy(), "probabilities": tf.nn.softmax(out["logits"][0]).numpy()}
     if return_details:
         result["attention"] = {s: a[0, ..., 0].numpy() for s, a in out["attention"].items()}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 from typing import Optional, Tuple
 
 TRUNKS = ("mobilenetv2", "resnet50", "resnet101")
@@ -64,7 +66,7 @@ class DataConfig:
     synthetic_image_size: Tuple[int, int] = (128, 128)
     seed: int = 0
     class_uniform_tile: int = 256  # label tile size for class centroids (reference: 1024 on Cityscapes)
-    cache_dir: Optional[str] = None  # centroid cache; default data_dir/.hmsa_cache if writable, else ~/.cache/hmsa_keras
+    cache_dir: Optional[str] = None  # class-uniform centroid cache (default ~/.cache/hmsa_keras)
     validate: str = "headers"  # build-time check: paths | headers (+ sizes, readable) | full (decode all)
     tfds_manual_dir: Optional[str] = None  # cityscapes_tfds: folder holding the official zips (default data_dir)
 
@@ -100,3 +102,30 @@ class TrainConfig:
 
 def to_json(*configs) -> str:
     return json.dumps({type(c).__name__: dataclasses.asdict(c) for c in configs}, indent=2)
+
+
+def read_run_config(model_dir: str):
+    """``(ModelConfig | None, DataConfig | None, TrainConfig | None)`` from a training
+    directory's ``config.json``; ``(None, None, None)`` if there is none. Unknown keys
+    (a newer version's fields) are dropped with a warning; lists become tuples."""
+    path = os.path.join(model_dir, "config.json") if model_dir and os.path.isdir(model_dir) else None
+    if not path or not os.path.isfile(path):
+        return None, None, None
+    with open(path) as f:
+        try:
+            raw = json.load(f)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    out = []
+    for cls in (ModelConfig, DataConfig, TrainConfig):
+        fields = raw.get(cls.__name__)
+        if fields is None:
+            out.append(None)
+            continue
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            logging.getLogger(__name__).warning("%s: ignoring unknown %s field(s) %s", path, cls.__name__, unknown)
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
+        out.append(cls(**kwargs))
+    return tuple(out)

@@ -82,35 +82,6 @@ def chain_tag(scales: Sequence[float], flip: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------- run configs
-def read_run_config(model_dir: str):
-    """``(ModelConfig | None, DataConfig | None, TrainConfig | None)`` from a training
-    directory's ``config.json``; ``(None, None, None)`` if there is none. Unknown keys
-    (a newer version's fields) are dropped with a warning; lists become tuples."""
-    from hmsa_keras.config import DataConfig, ModelConfig, TrainConfig
-
-    path = os.path.join(model_dir, "config.json") if model_dir and os.path.isdir(model_dir) else None
-    if not path or not os.path.isfile(path):
-        return None, None, None
-    with open(path) as f:
-        try:
-            raw = json.load(f)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    out = []
-    for cls in (ModelConfig, DataConfig, TrainConfig):
-        fields = raw.get(cls.__name__)
-        if fields is None:
-            out.append(None)
-            continue
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            log.warning("%s: ignoring unknown %s field(s) %s", path, cls.__name__, unknown)
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
-        out.append(cls(**kwargs))
-    return tuple(out)
-
-
 # ------------------------------------------------------------------------- segmenters
 def _to_uint8(images):
     """Normalised float images -> uint8 pixels (exact inverse of normalisation, rounded)."""
@@ -498,5 +469,5 @@ def _json_safe(x):
 __all__ = [
     "ChainResult", "CityscapesSubmissionWriter", "SavedModelSegmenter", "chain_name", "chain_tag",
     "evaluate", "format_sweep", "official_cityscapes_eval", "parse_scales", "parse_sweep",
-    "read_run_config", "segment_chains", "write_results",
+    "segment_chains", "write_results",
 ]

@@ -58,9 +58,9 @@ def test_class_uniform_crops_find_rare_class(tmp_path, monkeypatch):
     build_dataset(config, "train", training=True, batch_size=4)
 
 
-def test_cache_directory_falls_back_when_data_dir_is_read_only(tmp_path, monkeypatch):
+def test_cache_directory_never_writes_into_the_data(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    config = DataConfig(dataset="folder", data_dir="/proc")  # never writable
+    config = DataConfig(dataset="folder", data_dir=str(tmp_path / "data"))
     assert sampling.cache_directory(config) == str(tmp_path / "home" / ".cache" / "hmsa_keras")
-    config = DataConfig(dataset="folder", data_dir=str(tmp_path))
-    assert sampling.cache_directory(config) == str(tmp_path / ".hmsa_cache")
+    config.cache_dir = str(tmp_path / "mine")
+    assert sampling.cache_directory(config) == config.cache_dir and (tmp_path / "mine").is_dir()

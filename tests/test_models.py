@@ -149,3 +149,10 @@ def test_bad_inference_scales(tiny_model):
 def test_build_model_rejects_unknown_option():
     with pytest.raises(ValueError, match="Unknown model option"):
         hmsa_keras.build_model(num_classes=3, colour="red")
+
+
+def test_too_small_image_names_the_scale(tiny_model):
+    with pytest.raises(ValueError, match="24x24 is 12x12 at scale 0.5.*at least 16 pixels"):
+        tiny_model.segment(np.zeros((1, 24, 24, 3), "float32"), scales=(0.5, 1.0))
+    with pytest.raises(ValueError, match=r"\[batch, height, width, 3\]"):
+        tiny_model.segment(np.zeros((24, 24, 3), "float32"), scales=(1.0,))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 
 from absl import app, flags
 
@@ -21,6 +22,8 @@ log = logging.getLogger("hmsa_keras")
 def run_app(main, flag_values: flags.FlagValues):
     """``app.run(main)`` with ``flag_values`` parsed from the command line."""
     flags.FLAGS.append_flag_values(flag_values)
+    for name in flag_values:  # list them under --help (absl shows the main module's key flags)
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag_values[name])
 
     def parse(argv):
         rest = app.parse_flags_with_usage(argv)
@@ -59,7 +62,7 @@ def model_path_checked(flag, path):
 
 def run_configs(model_dir):
     """(ModelConfig, DataConfig, TrainConfig) of a training directory (None where absent)."""
-    from hmsa_keras.evaluation import read_run_config
+    from hmsa_keras.config import read_run_config
 
     if not model_dir:
         return None, None, None

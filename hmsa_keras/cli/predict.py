@@ -183,8 +183,7 @@ def main(argv):
         common.data_config(run_data, FLAGS.dataset, FLAGS.data_dir) if (run_data or FLAGS.dataset) else None,
         model.num_classes)
     details = FLAGS.save_attention
-    segment = tf.function(lambda x: model.segment(x, scales=chain, flip=FLAGS.flip, return_details=details),
-                          reduce_retracing=True)
+    segment = hmsa_keras.api.compiled_segment(model, chain, FLAGS.flip, details)
     pseudo = PseudoLabelWriter(FLAGS.pseudo_label_dir, FLAGS.pseudo_split, names, colors, FLAGS.confidence) \
         if FLAGS.pseudo_label_dir else None
     if FLAGS.output_dir:

@@ -36,6 +36,10 @@ flags.DEFINE_list("train_scales", ["0.5", "1.0"], "Scales used in training (hier
 # --- data
 flags.DEFINE_string("dataset", "synthetic", "synthetic, camvid, cityscapes, cityscapes_tfds, mapillary or folder.")
 flags.DEFINE_string("data_dir", None, "Dataset root (not needed for synthetic).")
+flags.DEFINE_string("train_split", "train", "Training split name.")
+flags.DEFINE_string("val_split", "val", "Validation split name.")
+flags.DEFINE_integer("eval_long_edge", 0, "Resize validation images so the long edge is at most this "
+                     "(0 = full size; the reference uses 2177 for Mapillary).", lower_bound=0)
 flags.DEFINE_list("crop_size", ["128", "128"], "Training crop: height,width.")
 flags.DEFINE_float("scale_min", 0.5, "Random scale augmentation lower bound.", lower_bound=0.01)
 flags.DEFINE_float("scale_max", 2.0, "Random scale augmentation upper bound.", lower_bound=0.01)
@@ -117,7 +121,8 @@ def configs_from_flags():
         attention_channels=width, attention_head=FLAGS.attention_head, aux_head=FLAGS.aux_head,
         fusion=FLAGS.fusion, train_scales=train_scales)
     data_cfg = DataConfig(
-        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, crop_size=crop, scale_min=FLAGS.scale_min,
+        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
+        val_split=FLAGS.val_split, eval_long_edge=FLAGS.eval_long_edge or None, crop_size=crop, scale_min=FLAGS.scale_min,
         scale_max=FLAGS.scale_max, hflip=FLAGS.hflip, color_jitter=FLAGS.color_jitter,
         blur_prob=FLAGS.blur_prob, noise_std=FLAGS.noise_std,
         class_uniform_fraction=FLAGS.class_uniform_fraction, pseudo_label_dir=FLAGS.pseudo_label_dir,
@@ -146,10 +151,19 @@ def write_flagfile(model_dir):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    model_cfg, data_cfg, train_cfg = configs_from_flags()
+    try:
+        model_cfg, data_cfg, train_cfg = configs_from_flags()
+    except app.UsageError as e:  # one line naming the flag, not absl's full usage text
+        print(f"hmsa-train: error: {e} (see --helpfull)", file=sys.stderr)
+        return 1
     from hmsa_keras.training.distribute import is_chief, make_strategy
 
-    strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas)  # before any TF op
+    try:
+        strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas)  # before any TF op
+    except (ValueError, RuntimeError) as e:  # e.g. --strategy=multi_worker without TF_CONFIG
+        print(f"hmsa-train: error: --strategy: {e}", file=sys.stderr)
+        return 1
+    from hmsa_keras.data import DataError
     from hmsa_keras.training.trainer import TrainingDiverged, train
 
     if is_chief(strategy):
@@ -159,6 +173,9 @@ def main(argv):
     except TrainingDiverged as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 3
+    except DataError as e:  # missing/unreadable files: the message names them
+        print(f"hmsa-train: data error: {e}", file=sys.stderr)
+        return 2
     print(f"Done: best val mIoU {result['best_val_miou']:.4f}; models in {train_cfg.model_dir}")
     if FLAGS.export_dir and is_chief(strategy):
         from hmsa_keras.export import export_saved_model

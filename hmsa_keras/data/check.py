@@ -11,7 +11,7 @@ import numpy as np
 from hmsa_keras.data import cityscapes, synthetic
 from hmsa_keras.data.io import DataError, check_pair
 from hmsa_keras.data.labels import DatasetInfo
-from hmsa_keras.data.pipeline import _check_config, _listing, get_dataset_info
+from hmsa_keras.data.pipeline import check_config, get_dataset_info, list_split
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ def scan_dataset(config, split: str, workers: int = 4) -> ScanReport:
     """Decode every example of ``split`` and collect all problems (never raises DataError)."""
     report = ScanReport(config.dataset, split)
     try:
-        _check_config(config)
+        check_config(config)
         report.info = info = get_dataset_info(config, split)
     except DataError as exc:
         report.problems.append(str(exc))
@@ -74,7 +74,7 @@ def scan_dataset(config, split: str, workers: int = 4) -> ScanReport:
         except Exception as exc:  # DataError or a tf error naming the example
             report.problems.append(str(exc).splitlines()[0])
     else:
-        pairs, problems = _listing(config, split)
+        pairs, problems = list_split(config, split)
         report.problems += problems
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
             for found, hist in pool.map(lambda p: check_pair(p[0], p[1], info), pairs):

@@ -36,7 +36,7 @@ import tensorflow as tf
 from hmsa_keras.data import augment as aug
 from hmsa_keras.data import camvid, cityscapes, folder, mapillary, sampling, synthetic
 from hmsa_keras.data.io import DataError, check_pair, check_pair_header, format_problems, load_image_label
-from hmsa_keras.data.labels import DatasetInfo, identity_lut
+from hmsa_keras.data.labels import DatasetInfo
 from hmsa_keras.data.normalization import normalize
 
 DATASETS = ("synthetic", "camvid", "cityscapes", "cityscapes_tfds", "mapillary", "folder")
@@ -50,7 +50,8 @@ __all__ = ["DATASETS", "DatasetInfo", "DataError", "build_dataset", "get_dataset
 
 
 # ------------------------------------------------------------------ dataset lookup
-def _check_config(config):
+def check_config(config):
+    """Raise DataError for an unknown dataset, a missing data_dir or a bad ``validate`` level."""
     if config.dataset not in DATASETS:
         raise DataError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     if config.dataset != "synthetic":
@@ -68,7 +69,7 @@ def get_dataset_info(config, split: Optional[str] = None) -> DatasetInfo:
     ``split`` only matters for Cityscapes, whose label files may hold labelIds
     or trainIds (default: ``config.train_split``).
     """
-    _check_config(config)
+    check_config(config)
     if config.dataset == "synthetic":
         return synthetic.dataset_info(config)
     if config.dataset == "cityscapes_tfds":
@@ -78,7 +79,8 @@ def get_dataset_info(config, split: Optional[str] = None) -> DatasetInfo:
     return FILE_DATASETS[config.dataset].dataset_info(config)
 
 
-def _listing(config, split) -> Tuple[List[Tuple[str, str]], List[str]]:
+def list_split(config, split) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """(pairs, problems) of a file-based split, without raising for the problems."""
     if config.dataset not in FILE_DATASETS:
         raise DataError(f"dataset {config.dataset!r} is not file-based: it has no (image, label) file pairs")
     return FILE_DATASETS[config.dataset].list_pairs(config, split)
@@ -89,8 +91,8 @@ def iter_pairs(config, split: str) -> List[Tuple[str, str]]:
 
     Raises :class:`DataError` listing missing partners, a missing split or an empty one.
     """
-    _check_config(config)
-    pairs, problems = _listing(config, split)
+    check_config(config)
+    pairs, problems = list_split(config, split)
     title = f"{config.dataset} split {split!r} in {config.data_dir}"
     if problems:
         raise DataError(format_problems(title, problems))
@@ -163,7 +165,7 @@ def _validate(pairs, infos, sources, level, title):
 def _file_source(config, split, training):
     info = get_dataset_info(config, split)
     title = f"{config.dataset} split {split!r} in {config.data_dir}"
-    pairs, problems = _listing(config, split)
+    pairs, problems = list_split(config, split)
     sources = [0] * len(pairs)
     infos = [info]
     if training and config.pseudo_label_dir:
@@ -251,7 +253,7 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
       DataError: unknown dataset, missing/empty split, unpaired files, or
         (per ``config.validate``) unreadable or mismatched files.
     """
-    _check_config(config)
+    check_config(config)
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
     if batch_size < 1:
@@ -328,8 +330,3 @@ def _build_stream(config, split, training, batch_size, repeat, drop_remainder):
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, batch_size, drop_remainder)
 
-
-def identity_info(name, num_classes):
-    """A DatasetInfo for already-mapped training ids (helper for tools and tests)."""
-    names = [f"class_{i}" for i in range(num_classes)]
-    return DatasetInfo(name, num_classes, 255, names, folder.default_colors(num_classes), identity_lut(num_classes))

@@ -7,11 +7,12 @@ class uniformly among the classes that have centroids, then one of that
 class's centroids uniformly, and centres the crop there (see
 :func:`pick_centroid`).
 
-Computing centroids reads every label once, so they are cached: in
-``config.cache_dir`` if set, else next to the data (``data_dir/.hmsa_cache``)
-when it is writable, else ``~/.cache/hmsa_keras``. The cache file name holds a
-fingerprint of the label files (paths, sizes, mtimes), the label table and the
-tile size, so a changed dataset is never served stale centroids.
+Computing centroids reads every label once, so they are cached as JSON in
+``config.cache_dir`` if set, else ``~/.cache/hmsa_keras`` (never inside the
+data directory, which may be shared and read-only). The cache file name holds
+a fingerprint of the label files (absolute paths, sizes, mtimes), the label
+table and the tile size, so a changed dataset is never served stale centroids
+and several datasets share one cache directory safely.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -98,22 +99,17 @@ def fingerprint(label_paths: Sequence[str], lut: Optional[np.ndarray], tile: int
 
 
 def cache_directory(config) -> str:
-    """Where centroid caches go (see module docstring); created if needed."""
-    candidates: List[str] = []
-    if getattr(config, "cache_dir", None):
-        candidates.append(config.cache_dir)
-    else:
-        if config.data_dir and os.access(config.data_dir, os.W_OK):
-            candidates.append(os.path.join(config.data_dir, ".hmsa_cache"))
-        candidates.append(os.path.join(os.path.expanduser("~"), ".cache", "hmsa_keras"))
-    for path in candidates:
-        try:
-            os.makedirs(path, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError:
-            continue
-    raise OSError(f"no writable cache directory among {candidates}")
+    """Where centroid caches go: ``config.cache_dir``, else ``~/.cache/hmsa_keras``; created if needed.
+
+    The default deliberately never writes into the data directory: data is
+    often shared and meant read-only, and permission bits do not stop root.
+    """
+    path = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hmsa_keras")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{path}: cannot create the centroid cache directory ({exc}); set DataConfig.cache_dir") from None
+    return path
 
 
 def cached_centroids(config, split: str, pairs, lut, load_label, num_classes: int) -> Centroids:

@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import weakref
 
 import tensorflow as tf
 
 from hmsa_keras.data.normalization import normalize
+from hmsa_keras.models import fusion as F
 
 IMAGES_SPEC = tf.TensorSpec(None, tf.uint8, name="images")
 SCALES_SPEC = tf.TensorSpec([None], tf.float32, name="scales")
@@ -51,16 +55,6 @@ def check_images(images):
         return tf.reshape(images, tf.stack([shape[0], shape[1], shape[2], 3]))
 
 
-def _scaled_size(images, scale):
-    """Same arithmetic as :func:`hmsa_keras.models.fusion.scaled_size`, for a tensor scale."""
-    hw = tf.cast(tf.shape(images)[1:3], tf.float64)
-    return tf.maximum(tf.cast(tf.floor(hw * tf.cast(scale, tf.float64)), tf.int32), 1)
-
-
-def _resize(x, size):
-    return tf.image.resize(x, size, method="bilinear")
-
-
 def dynamic_hierarchical(network, x, scales, num_classes):
     """Hierarchical chain (:func:`hmsa_keras.models.fusion.hierarchical`) for a 1-D scales
     tensor, with ``tf.while_loop``. ``x``: normalised float batch. Returns fused logits at
@@ -69,25 +63,18 @@ def dynamic_hierarchical(network, x, scales, num_classes):
     n = tf.shape(scales)[0]
 
     def run(s):
-        out = network(_resize(x, _scaled_size(x, s)), training=False)
+        out = network(F.resize(x, F.scaled_size(x, s)), training=False)
         return out["logits"], out["attention_logits"]
 
     pred0, _ = run(scales[0])
 
     def body(i, pred):
-        s = scales[i]
-        logits, attn = run(s)
-        a = tf.sigmoid(attn)
-        pred = tf.cond(
-            s >= 1.0,
-            lambda: a * logits + (1.0 - a) * _resize(pred, tf.shape(logits)[1:3]),
-            lambda: _resize(a * logits, tf.shape(pred)[1:3]) + (1.0 - _resize(a, tf.shape(pred)[1:3])) * pred)
-        return i + 1, pred
+        return i + 1, F.hierarchical_step(pred, *run(scales[i]), scales[i])
 
     _, pred = tf.while_loop(
         lambda i, _: i < n, body, (tf.constant(1), pred0),
         shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, num_classes])))
-    return _resize(pred, tf.shape(x)[1:3])
+    return F.resize(pred, tf.shape(x)[1:3])
 
 
 def check_scales(scales):
@@ -125,7 +112,9 @@ class HMSAExportModule(tf.Module):
         # Track only the weights: a tracked Keras model makes tf.saved_model.save walk
         # and trace all of Keras' own functions.
         self._model_ref = _Untracked(model)
-        self.model_variables = list(model.weights)
+        # the tf.Variables themselves (like keras.export.ExportArchive): tracked KerasVariable
+        # wrappers are not frozen by the TFLite converter (left as resource variables)
+        self.model_variables = [getattr(v, "value", v) for v in model.weights]
         self.scales = validate_scales(scales)
         self.flip = bool(flip)
         self.num_classes = int(model.num_classes)
@@ -144,16 +133,17 @@ class HMSAExportModule(tf.Module):
 
     # -------------------------------------------------------------- shared graph
     def segment(self, images):
-        """Eager/graph segmentation of a uint8 batch with the export-time chain."""
-        out = self.model.segment(normalize(images), scales=self.scales, flip=self.flip, return_details=True)
+        """Segmentation of a uint8 batch with the export-time chain (eager or traced):
+        ``classes``, ``probabilities``, ``attention`` [B, H, W, S], ``scales``."""
+        out = self.model.segment(normalize(images), self.scales, self.flip, return_details=True)
         return {"classes": out["classes"],
                 "probabilities": tf.nn.softmax(out["logits"], axis=-1),
                 "attention": tf.concat([out["attention"][s] for s in self.scales], axis=-1),
                 "scales": tf.constant(self.scales, tf.float32)}
 
-    @property
     def core(self):
-        """``tf.function`` of :meth:`segment`, traced once per input shape signature."""
+        """``tf.function`` of :meth:`segment`, traced once per input shape signature (a
+        method, not a property: the saver collects function-valued attributes)."""
         return self._function("core", lambda: tf.function(self.segment, autograph=False))
 
     def dynamic_core(self, images, scales):
@@ -170,7 +160,7 @@ class HMSAExportModule(tf.Module):
         """``{name: concrete function}`` for ``tf.saved_model.save``."""
         def build():
             dynamic = tf.TensorSpec([None, None, None, 3], tf.uint8)
-            core = self.core.get_concrete_function(dynamic)
+            core = self.core().get_concrete_function(dynamic)
 
             @tf.function(input_signature=[IMAGES_SPEC], autograph=False)
             def serving_default(images):
@@ -200,7 +190,7 @@ class HMSAExportModule(tf.Module):
         h, w = fixed_size if fixed_size else (None, None)
 
         def build():
-            core = self.core.get_concrete_function(tf.TensorSpec([batch, h, w, 3], tf.uint8))
+            core = self.core().get_concrete_function(tf.TensorSpec([batch, h, w, 3], tf.uint8))
 
             @tf.function(input_signature=[tf.TensorSpec([batch, h, w, 3], tf.uint8, name="images")],
                          autograph=False)
@@ -211,6 +201,19 @@ class HMSAExportModule(tf.Module):
             return segment.get_concrete_function()
 
         return self._function(f"tflite_{batch}_{h}_{w}", build)
+
+    def tflite_saved_model(self, fixed_size=None):
+        """A temporary SavedModel whose ``serving_default`` is :meth:`tflite_function`, the
+        input of ``TFLiteConverter.from_saved_model`` (through a SavedModel the variables
+        are frozen into constants). Written once per size and removed with the module."""
+        def build():
+            path = tempfile.mkdtemp(prefix="hmsa_tflite_")
+            weakref.finalize(self, shutil.rmtree, path, True)
+            fn = self.tflite_function(fixed_size=fixed_size, batch=1 if fixed_size else None)
+            tf.saved_model.save(self, path, signatures={"serving_default": fn})
+            return path
+
+        return self._function(f"tflite_saved_model_{fixed_size}", build)
 
     def metadata(self):
         return {"scales": list(self.scales), "flip": self.flip, "num_classes": self.num_classes,
@@ -239,10 +242,11 @@ def as_float32(model):
     return rebuilt
 
 
-def export_saved_model(model, export_dir, scales=(0.5, 1.0, 2.0), flip=False):
-    """Writes the SavedModel (see module docstring) and returns its :class:`HMSAExportModule`."""
-    module = HMSAExportModule(as_float32(model), scales, flip)
+def export_saved_model(model, export_dir, scales=(0.5, 1.0, 2.0), flip=False, module=None):
+    """Writes the SavedModel (see module docstring) of ``model`` (or of a ready ``module``)
+    and its ``hmsa_export.json`` (scales, flip, classes, signatures); returns ``export_dir``."""
+    module = module or HMSAExportModule(as_float32(model), scales, flip)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
     with open(os.path.join(export_dir, METADATA_FILE), "w") as f:
         json.dump(module.metadata(), f, indent=2)
-    return module
+    return export_dir

@@ -22,9 +22,29 @@ def resize(x, size):
 
 
 def scaled_size(images, scale):
-    """(floor(H * scale), floor(W * scale)) of an NHWC batch, at least 1 pixel."""
-    hw = tf.cast(tf.shape(images)[1:3], tf.float64)
-    return tf.maximum(tf.cast(tf.floor(hw * float(scale)), tf.int32), 1)
+    """(floor(H * scale), floor(W * scale)) of an NHWC batch, at least 1 pixel.
+
+    float32 arithmetic (TFLite has no float64 builtins), so the Keras model, the
+    SavedModel and the TFLite files agree; ``scale`` may be a Python number or a tensor.
+    """
+    hw = tf.cast(tf.shape(images)[1:3], tf.float32)
+    return tf.maximum(tf.cast(tf.floor(hw * tf.cast(scale, tf.float32)), tf.int32), 1)
+
+
+def hierarchical_step(pred, logits, attention_logits, scale):
+    """One link of the chain (see module docstring); ``scale`` may be a scalar tensor."""
+    attn = tf.sigmoid(attention_logits)
+
+    def larger():  # s >= 1: bring pred down to s's size and let s speak where it attends
+        return attn * logits + (1.0 - attn) * resize(pred, tf.shape(logits)[1:3])
+
+    def smaller():  # s < 1: multiply at low resolution, then upsample to pred's size
+        size = tf.shape(pred)[1:3]
+        return resize(attn * logits, size) + (1.0 - resize(attn, size)) * pred
+
+    if tf.is_tensor(scale):
+        return tf.cond(scale >= 1.0, larger, smaller)
+    return larger() if scale >= 1.0 else smaller()
 
 
 def hierarchical(outputs):
@@ -33,12 +53,7 @@ def hierarchical(outputs):
     scales = sorted(outputs, reverse=True)
     pred = outputs[scales[0]][0]
     for s in scales[1:]:
-        logits, attn = outputs[s][0], tf.sigmoid(outputs[s][1])
-        if s >= 1.0:
-            pred = attn * logits + (1.0 - attn) * resize(pred, tf.shape(logits)[1:3])
-        else:
-            size = tf.shape(pred)[1:3]
-            pred = resize(attn * logits, size) + (1.0 - resize(attn, size)) * pred
+        pred = hierarchical_step(pred, outputs[s][0], outputs[s][1], s)
     return pred
 
 

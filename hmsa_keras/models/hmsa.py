@@ -25,6 +25,23 @@ FREEZE_GROUPS = {
 }
 
 
+MIN_SIDE = 16  # the smallest image side every trunk handles at every scale
+
+
+def check_min_size(shape, scales):
+    """Clear error for images too small at some scale (when the shape is known statically)."""
+    if len(shape) != 4 or shape[-1] not in (3, None):
+        raise ValueError(f"images must be a [batch, height, width, 3] tensor, got shape {tuple(shape)}")
+    if shape[1] is None or shape[2] is None:
+        return
+    for s in scales:
+        h, w = int(shape[1] * s), int(shape[2] * s)
+        if min(h, w) < MIN_SIDE:
+            raise ValueError(
+                f"image of {shape[1]}x{shape[2]} is {h}x{w} at scale {s:g}: HMSA needs at least "
+                f"{MIN_SIDE} pixels per side at every scale; use a larger image or drop scale {s:g}")
+
+
 def validate_scales(scales):
     """Returns the scales as a sorted tuple of floats, or raises a ValueError saying what is allowed."""
     try:
@@ -74,6 +91,7 @@ class HMSA(keras.Model):
     # ------------------------------------------------------------------ forward
     def run_scales(self, images, scales, training=False):
         """Runs the segmenter at each scale: {scale: (logits, attention_logits, aux or None)}."""
+        check_min_size(images.shape, scales)
         outputs = {}
         for s in scales:
             x = images if s == 1.0 else F.resize(images, F.scaled_size(images, s))
@@ -222,6 +240,6 @@ def _skip_if_any_replica_nonfinite(grads, optimizer):
         return grads
     bad = tf.cast(tf.logical_not(tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])), tf.float32)
-    bad = ctx.all_reduce(tf.distribute.ReduceOp.MAX, bad)
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad)  # ReduceOp has no MAX: count the bad replicas
     poison = tf.where(bad > 0, tf.constant(float("nan")), tf.constant(0.0))
     return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]

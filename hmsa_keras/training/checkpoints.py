@@ -35,8 +35,13 @@ class CheckpointKeeper:
         self.chief = chief
         self.directory = os.path.join(model_dir, "checkpoints")
         write_dir = self.directory if chief else tempfile.mkdtemp(prefix="hmsa_worker_ckpt_")
+        # The loss trackers' running sums too, so that a run resumed mid-epoch reports the
+        # same epoch means as an uninterrupted one (older checkpoints without them still load).
+        tracker_vars = [v.value for t in getattr(model, "loss_trackers", {}).values() for v in t.variables]
+        trackers = tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(tracker_vars)})
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=state.step,
-                                              epoch=state.epoch, best_miou=state.best_miou)
+                                              epoch=state.epoch, best_miou=state.best_miou,
+                                              trackers=trackers)
         self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=max_to_keep)
         self._write_dir = write_dir
 

@@ -31,11 +31,14 @@ def make_test_function(model, strategy):
     return test
 
 
-def evaluate(model, strategy, dataset):
-    """Runs ``test_step`` over a (distributed) dataset; returns logs and the confusion matrix."""
+def evaluate(model, strategy, dataset, test_fn=None):
+    """Runs ``test_step`` over a (distributed) dataset; returns logs and the confusion matrix.
+
+    Pass the same ``test_fn`` (from :func:`make_test_function`) on every call to trace once
+    per run instead of once per validation."""
     for metric in model.metrics:
         metric.reset_state()
-    test = make_test_function(model, strategy)
+    test = test_fn or make_test_function(model, strategy)
     for batch in dataset:
         test(batch)
     logs = {m.name: float(m.result()) for m in model.metrics}

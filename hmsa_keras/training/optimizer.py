@@ -8,7 +8,7 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="hmsa_keras")
 class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """``lr(t) = base * t / warmup`` for ``t < warmup``, then ``base * (1 - t'/T')^power``
+    """``lr(t) = base * (t + 1) / warmup`` for ``t < warmup`` (never 0, reaches ``base``), then ``base * (1 - t'/T')^power``
     where ``t' = t - warmup`` and ``T' = total_steps - warmup`` (reference poly schedule)."""
 
     def __init__(self, base_lr, total_steps, power=1.0, warmup_steps=0, end_lr=0.0):

@@ -63,7 +63,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     from hmsa_keras import api, metrics as metrics_lib
     from hmsa_keras.data import build_dataset, get_dataset_info
     from hmsa_keras.training.checkpoints import CheckpointKeeper, RunState, save_keras_atomic
-    from hmsa_keras.training.loop import evaluate, make_train_function
+    from hmsa_keras.training.loop import evaluate, make_test_function, make_train_function
     from hmsa_keras.training.optimizer import build_optimizer
     from hmsa_keras.training.summaries import Summaries
 
@@ -119,14 +119,16 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
 
     summaries = Summaries(model_dir, info, enabled=chief)
     train_fn = make_train_function(model, strategy)
+    test_fn = make_test_function(model, strategy)  # traced once, reused by every validation
     history_path = os.path.join(model_dir, "history.json")
     history = json.load(open(history_path)) if resumed and os.path.exists(history_path) else []
     result, logs = {}, {}
     step = start_step
     for epoch in range(int(state.epoch.numpy()), train_cfg.epochs):
-        for tracker in model.loss_trackers.values():
-            tracker.reset_state()
         first = step - epoch * steps_per_epoch
+        if first == 0:  # resumed mid-epoch: keep the restored running means of this epoch
+            for tracker in model.loss_trackers.values():
+                tracker.reset_state()
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=list(model.loss_trackers),
                                   verbose=1 if chief else 0)
         tic = time.time()
@@ -152,7 +154,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         state.epoch.assign(epoch + 1)
         result = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in logs.items()}}
         if (epoch + 1) % train_cfg.val_every == 0 or epoch + 1 == train_cfg.epochs:
-            val_logs, cm = evaluate(model, strategy, dist_val_ds)
+            val_logs, cm = evaluate(model, strategy, dist_val_ds, test_fn)
             val_metrics = metrics_lib.compute_metrics(np.asarray(cm), info.class_names)
             summaries.validation(val_logs, val_metrics, step)
             result.update({f"val_{k}": v for k, v in val_logs.items()},

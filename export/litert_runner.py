@@ -1,0 +1,1 @@
+../hmsa_keras/export/litert_runner.py

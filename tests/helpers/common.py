@@ -1,0 +1,44 @@
+"""Shared bits of the driver scripts: fast graph building, tiny model, logical CPUs.
+
+Imported by the drivers before TensorFlow runs any op; keep TF calls inside functions.
+"""
+
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+TINY = dict(alpha=0.35, aspp_channels=16, decoder_channels=16, attention_channels=16, low_level_channels=8)
+
+
+def setup_tf(logical_cpus=0):
+    """Logical CPU devices (before any op) and no grappler: these tiny graphs are traced
+    once and run a few steps, so graph optimisation costs more than it saves."""
+    import tensorflow as tf
+
+    if logical_cpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    return tf
+
+
+def weights_of(model):
+    import numpy as np
+
+    return {v.path: np.asarray(v.numpy()) for v in model.weights}
+
+
+def find_layer(model, name):
+    import keras
+
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
