@@ -1,8 +1,12 @@
 """hmsa_keras: Hierarchical Multi-Scale Attention semantic segmentation in Keras 3."""
 
+import os
 import re
 
 from setuptools import setup
+
+# CPU by default (the pinned stack); GPU machines: HMSA_TENSORFLOW="tensorflow[and-cuda]" pip install .
+TENSORFLOW = os.environ.get("HMSA_TENSORFLOW", "tensorflow-cpu")
 
 version = re.search(r'__version__ = "([^"]+)"', open("hmsa_keras/__init__.py").read()).group(1)
 
@@ -22,7 +26,7 @@ setup(
     package_dir={"hmsa_keras.recipes": "flags"},
     package_data={"hmsa_keras.recipes": ["*.cfg"]},
     install_requires=[
-        "tensorflow-cpu>=2.21,<2.22",  # GPU users: pip install "tensorflow[and-cuda]>=2.21,<2.22" instead
+        f"{TENSORFLOW}>=2.21,<2.22",
         "keras>=3.15,<3.16",
         "tensorboard>=2.21,<2.22",
         "absl-py>=2.1,<3",

@@ -33,7 +33,6 @@ prediction and the 0.5x and 2.0x attention maps). The last line printed is
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -210,8 +209,8 @@ def plot_attention(model, images, labels, info, path, title):
     image = denormalize(images[0].numpy())
     panels = [(image, "image"), (colorize(labels[0].numpy(), info.colors), "ground truth"),
               (colorize(out["classes"][0].numpy(), info.colors), "HMSA 0.5+1.0+2.0"),
-              (out["attention"][0.5][0, ..., 0].numpy(), "attention a_0.5 (weight of 0.5x)"),
-              (out["attention"][2.0][0, ..., 0].numpy(), "attention a_2.0 (weight of 2.0x)")]
+              (out["attention"][0.5][0, ..., 0].numpy(), "a_0.5: weight of 0.5x (final say)"),
+              (out["attention"][2.0][0, ..., 0].numpy(), "a_2.0 (not used by the chain)")]
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.3))
     for ax, (img, text) in zip(axes, panels):
         if img.ndim == 2:
@@ -322,7 +321,7 @@ def main(argv=None):
             if method == "hmsa":
                 images, labels = next(iter(val_ds.skip(min(3, n - 1))))
                 title = (f"{name} val image: HMSA (trained on 0.5+1.0) run with 0.5+1.0+2.0; "
-                         "a_s = weight of scale s over the chain below it")
+                         "chain 2.0 -> 1.0 (a_1.0) -> 0.5 (a_0.5); the largest scale's attention is never used")
                 for fname in (f"attention_example_{name}.png", "attention_example.png"):
                     plot_attention(model, images, labels, info, os.path.join(args.figures_dir, fname), title)
                 figures.append(f"attention_example_{name}.png")

@@ -220,7 +220,7 @@ def main(argv=None):
                                     achieved_gflops=flops / t / 1e9, matmul_fraction=flops / t / 1e9 / mm_rate)
                     row["backends"][b] = cell
                 entry["chains"][name] = row
-            base = {b: entry["chains"][chain_name(*chains[0])]["backends"][b].get("latency_seconds_median")
+            base = {b: entry["chains"][chain_name(*chains[0])]["backends"].get(b, {}).get("latency_seconds_median")
                     for b in size_backends}
             for row in entry["chains"].values():
                 for b, cell in row["backends"].items():

@@ -60,6 +60,16 @@ def _prepare(labels, logits):
     return labels, logits, int(num_classes)
 
 
+def _class_weight_tensor(class_weights, k):
+    """None, or the weights as a float32 [K] tensor (ValueError if not K of them)."""
+    if class_weights is None:
+        return None
+    w = tf.constant(class_weights, dtype=tf.float32)
+    if w.shape.rank != 1 or w.shape[0] != k:
+        raise ValueError(f"class_weights must have length {k}, got shape {w.shape}")
+    return w
+
+
 def _valid_mask(labels, num_classes):
     return tf.logical_and(labels >= 0, labels < num_classes)
 
@@ -82,13 +92,8 @@ def cross_entropy(labels, logits, ignore_label: int = IGNORE_LABEL,
     safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
     nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
     mask = tf.cast(valid, tf.float32)
-    if class_weights is None:
-        pix_w = mask
-    else:
-        w = tf.constant(class_weights, dtype=tf.float32)
-        if w.shape.rank != 1 or w.shape[0] != k:
-            raise ValueError(f"class_weights must have length {k}, got shape {w.shape}")
-        pix_w = tf.gather(w, safe_labels) * mask
+    w = _class_weight_tensor(class_weights, k)
+    pix_w = mask if w is None else tf.gather(w, safe_labels) * mask
     loss_sum = tf.reduce_sum(nll * pix_w)
     weight = tf.reduce_sum(pix_w)
     return loss_sum, weight
@@ -190,12 +195,7 @@ def rmi_loss(labels, logits, ignore_label: int = IGNORE_LABEL, num_classes: Opti
     safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
     onehot = tf.one_hot(safe_labels, k, dtype=tf.float32) * mask  # [B, H, W, K]
 
-    if class_weights is None:
-        cw = None
-    else:
-        cw = tf.constant(class_weights, dtype=tf.float32)
-        if cw.shape.rank != 1 or cw.shape[0] != k:
-            raise ValueError(f"class_weights must have length {k}, got shape {cw.shape}")
+    cw = _class_weight_tensor(class_weights, k)
 
     # Part I: sigmoid BCE on one-hot targets, ignore pixels masked.
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=onehot, logits=logits) * mask

@@ -110,8 +110,10 @@ def test_float32_overfits(equivalence):
 def test_mixed_precision_overfits(precision, tag):
     losses = precision[f"{tag}_losses"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    if "float16" in tag:
-        assert precision[f"{tag}_scale"] >= 1.0
+    if tag.startswith("mixed_float16"):
+        # the first steps overflow and are skipped (loss unchanged) while the scale adapts
+        assert 1.0 <= precision[f"{tag}_scale"] < 2.0 ** 15
+        assert len(set(np.round(losses, 5))) > 3, losses  # ...then it really trains
 
 
 def test_loss_scale_skip_is_taken_on_every_replica(precision):

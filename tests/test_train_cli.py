@@ -24,7 +24,7 @@ TIMEOUT = 600
 TINY_FLAGS = [
     "--dataset=synthetic", "--synthetic_train_size=16", "--synthetic_val_size=4", "--alpha=0.35",
     "--head_channels=16", "--crop_size=48,48", "--scale_min=0.75", "--scale_max=1.25", "--batch_size=2",
-    "--learning_rate=0.01", "--weight_decay=1e-4", "--seed=0",
+    "--learning_rate=0.001", "--weight_decay=1e-4", "--seed=0",
 ]
 RUN_FLAGS = TINY_FLAGS + ["--epochs=2", "--steps_per_epoch=3", "--checkpoint_every=2", "--image_every=2"]
 

@@ -26,7 +26,8 @@ flags.DEFINE_string("weights", None, "Trunk weights: a local keras.applications 
                     "(downloads). Default: random initialisation.")
 flags.DEFINE_float("bn_momentum", 0.9, "BatchNorm momentum (Keras convention) for trunk and heads.",
                    lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_boolean("sync_bn", True, "Synchronise BatchNorm across replicas (always on with >1 replica).")
+flags.DEFINE_boolean("sync_bn", True, "Kept for old flagfiles, no effect: BatchNorm is synchronised exactly "
+                     "when there is more than one replica (docs/training.md).")
 flags.DEFINE_integer("head_channels", 256, "Channels of ASPP, decoder and attention heads.", lower_bound=1)
 flags.DEFINE_enum("attention_head", "conv", ATTENTION_HEADS, "Attention head: reference conv or seed deconv.")
 flags.DEFINE_boolean("aux_head", False, "Auxiliary head on trunk features (loss weight --aux_weight).")

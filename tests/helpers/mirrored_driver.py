@@ -23,6 +23,15 @@ from hmsa_keras.training.loop import make_train_function  # noqa: E402
 from hmsa_keras.training.optimizer import build_optimizer  # noqa: E402
 
 DEVICES = ["/cpu:0", "/cpu:1"]
+_MIRRORED = []
+
+
+def mirrored_strategy():
+    """One MirroredStrategy per process: two instances over the same devices in one process
+    can mismatch their collective instance keys ("Shape mismatch in the collective instance")."""
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(devices=DEVICES))
+    return _MIRRORED[0]
 
 
 def batch(size, global_batch, num_classes=4):
@@ -40,11 +49,11 @@ def batch(size, global_batch, num_classes=4):
     return images, labels
 
 
-def make(strategy, lr, precision="float32", aux_head=True, weights=None):
+def make(strategy, lr, precision="float32", aux_head=True, weights=None, sync_bn=True):
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(1)
     with strategy.scope():
-        model = build_model(num_classes=4, sync_bn=True, aux_head=aux_head, **TINY)
+        model = build_model(num_classes=4, sync_bn=sync_bn, aux_head=aux_head, **TINY)
         optimizer = build_optimizer(model, lr, total_steps=100, weight_decay=1e-4)
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -70,7 +79,7 @@ def steps(model, strategy, dataset, n):
 def equivalence(out_path):
     images, labels = batch(64, 4)
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat()
-    mirrored = tf.distribute.MirroredStrategy(devices=DEVICES)
+    mirrored = mirrored_strategy()
     single = tf.distribute.get_strategy()
     result, timings = {}, {}
 
@@ -126,7 +135,7 @@ def lso_skip(result):
     """_skip_if_any_replica_nonfinite: a non-finite gradient on replica 1 only must make the
     LossScaleOptimizer skip the step on every replica (REFERENCE s7)."""
     keras.mixed_precision.set_global_policy("float32")
-    strategy = tf.distribute.MirroredStrategy(devices=DEVICES)
+    strategy = mirrored_strategy()
     with strategy.scope():
         w = keras.Variable(np.ones((3,), np.float32), name="w")
         opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=8.0)
@@ -160,15 +169,21 @@ def lso_skip(result):
 def precision(out_path):
     result, timings = {}, {}
     lso_skip(result)
-    mirrored = tf.distribute.MirroredStrategy(devices=DEVICES)
-    images, labels = batch(32, 4)
+    mirrored = mirrored_strategy()
+    # 64 px: at 32 px the 0.5x pass reaches a 1x1 feature map, whose BatchNorm gradients overflow
+    # float16 until the dynamic loss scale has dropped to ~64 (more than these few steps)
+    images, labels = batch(64, 4)
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat()
     for tag, prec, strategy in (("mixed_bfloat16", "mixed_bfloat16", tf.distribute.get_strategy()),
                                 ("mixed_float16", "mixed_float16", tf.distribute.get_strategy()),
                                 ("mixed_float16_x2", "mixed_float16", mirrored)):
         t = time.time()
-        model = make(strategy, 0.05, precision=prec, aux_head=False)
-        logs = steps(model, strategy, ds, 6)
+        # as the trainer: SyncBN only with more than one replica
+        model = make(strategy, 0.005, precision=prec, aux_head=False,
+                     sync_bn=strategy.num_replicas_in_sync > 1)
+        # float16: the dynamic loss scale starts at 2**15 and halves on each overflowing step;
+        # here it settles after ~4 skipped steps, so give it 10
+        logs = steps(model, strategy, ds, 10 if prec == "mixed_float16" else 6)
         result[f"{tag}_losses"] = np.array([l["loss"] for l in logs])
         if prec == "mixed_float16":
             result[f"{tag}_scale"] = float(model.optimizer.dynamic_scale.numpy())
