@@ -110,10 +110,7 @@ def evaluate_chains(model, dataset, num_classes, class_names, fusions, max_image
         mirrored = model.run_scales(tf.reverse(images, axis=[2]), union)
         cms = []
         for chain, flip, fusion in combos:
-            logits = F.fuse({s: plain[s][:2] for s in chain}, fusion, size)
-            if flip:
-                other = F.fuse({s: mirrored[s][:2] for s in chain}, fusion, size)
-                logits = 0.5 * (logits + tf.reverse(other, axis=[2]))
+            logits = F.fuse_chain(plain, chain, fusion, size, mirrored if flip else None)
             cms.append(confusion_matrix(labels, logits, num_classes))
         return tf.stack(cms)
 
@@ -124,13 +121,10 @@ def evaluate_chains(model, dataset, num_classes, class_names, fusions, max_image
             for chain in CHAINS:
                 for flip in (False, True):
                     ref = model.segment(images, scales=chain, flip=flip)["logits"]
-                    mine = F.fuse({s: o[:2] for s, o in model.run_scales(images, chain).items()},
-                                  model.fusion if model.fusion != "single" else "mean", tf.shape(images)[1:3])
-                    if flip:
-                        other = F.fuse({s: o[:2] for s, o in model.run_scales(
-                            tf.reverse(images, axis=[2]), chain).items()},
-                            model.fusion if model.fusion != "single" else "mean", tf.shape(images)[1:3])
-                        mine = 0.5 * (mine + tf.reverse(other, axis=[2]))
+                    mirrored = model.run_scales(tf.reverse(images, axis=[2]), chain) if flip else None
+                    mine = F.fuse_chain(model.run_scales(images, chain), chain,
+                                        model.fusion if model.fusion != "single" else "mean",
+                                        tf.shape(images)[1:3], mirrored)
                     if model.fusion != "single" or len(chain) == 1:
                         agree = float(tf.reduce_mean(tf.cast(
                             tf.argmax(ref, -1) == tf.argmax(mine, -1), tf.float32)))

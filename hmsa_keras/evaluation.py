@@ -166,13 +166,9 @@ def segment_chains(model, images, chains: Sequence[Chain], flip: bool = False):
     union = sorted(set(s for c in chains for s in c))
     size = tf.shape(images)[1:3]
 
-    def fuse_all(outputs):
-        return [F.fuse({s: (outputs[s][0], outputs[s][1]) for s in c}, model.fusion, size) for c in chains]
-
-    logits = fuse_all(model.run_scales(images, union))
-    if flip:
-        mirrored = fuse_all(model.run_scales(tf.reverse(images, axis=[2]), union))
-        logits = [0.5 * (a + tf.reverse(b, axis=[2])) for a, b in zip(logits, mirrored)]
+    outputs = model.run_scales(images, union)
+    mirrored = model.run_scales(tf.reverse(images, axis=[2]), union) if flip else None
+    logits = [F.fuse_chain(outputs, c, model.fusion, size, mirrored) for c in chains]
     return [tf.argmax(x, axis=-1, output_type=tf.int32) for x in logits]
 
 

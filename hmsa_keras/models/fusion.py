@@ -74,6 +74,17 @@ def maximum(outputs, size):
     return tf.reduce_max(tf.stack([resize(o[0], size) for o in outputs.values()], axis=0), axis=0)
 
 
+def fuse_chain(outputs, chain, fusion, size, mirrored=None):
+    """Fuses the scales of ``chain`` taken from ``outputs`` (which may hold more scales, e.g.
+    the union of a sweep's chains). With ``mirrored``, the outputs of the horizontally
+    flipped image, the result is averaged with their fusion flipped back (flip-TTA)."""
+    logits = fuse({s: outputs[s][:2] for s in chain}, fusion, size)
+    if mirrored is not None:
+        other = fuse({s: mirrored[s][:2] for s in chain}, fusion, size)
+        logits = 0.5 * (logits + tf.reverse(other, axis=[2]))
+    return logits
+
+
 def fuse(outputs, fusion, size):
     """Dispatches on ``fusion`` and returns logits resized to ``size`` (the input size)."""
     if fusion == "hierarchical":

@@ -117,10 +117,8 @@ class HMSA(keras.Model):
         scales = validate_scales(scales)
         size = tf.shape(images)[1:3]
         outputs = self.run_scales(images, scales)
-        logits = self._fuse(outputs, size, fusion)
-        if flip:
-            mirrored = self.run_scales(tf.reverse(images, axis=[2]), scales)
-            logits = 0.5 * (logits + tf.reverse(self._fuse(mirrored, size, fusion), axis=[2]))
+        mirrored = self.run_scales(tf.reverse(images, axis=[2]), scales) if flip else None
+        logits = F.fuse_chain(outputs, scales, fusion or self.fusion, size, mirrored)
         result = {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
         if return_details:
             result["scale_logits"] = {s: F.resize(o[0], size) for s, o in outputs.items()}
