@@ -67,40 +67,59 @@ def machine_info():
             "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
+_BACKPROP = ("Conv2DBackpropInput", "Conv2DBackpropFilter",
+             "DepthwiseConv2dNativeBackpropInput", "DepthwiseConv2dNativeBackpropFilter")
+
+
+def _backprop_flops(op):
+    """2 x (output-gradient elements) x (kernel taps x input channels per output channel):
+    the same count as the forward convolution that produced the output gradient.
+
+    TensorFlow's registered statistics size these ops by their *input* instead, which
+    over-counts the small VALID convolutions that a dilated convolution becomes after
+    SpaceToBatch (up to 6x for the 3x4 -> 1x2 maps of a rate-18 ASPP branch), and it has
+    no statistics for the depthwise ones."""
+    out_grad = op.inputs[2].shape
+    kernel = op.inputs[1].shape if op.type.endswith("Input") else op.outputs[0].shape
+    if not (out_grad.is_fully_defined() and kernel.is_fully_defined()):
+        raise ValueError(f"{op.name}: shapes are not static ({out_grad}, {kernel}); FLOPs need a static graph")
+    kh, kw, cin = kernel[0], kernel[1], kernel[2]
+    per_output = kh * kw * (1 if op.type.startswith("Depthwise") else cin)
+    return 2 * out_grad.num_elements() * per_output
+
+
 def graph_flops(concrete_function) -> int:
-    """Float operations of a concrete function's graph, counted by TensorFlow's profiler
-    (``ProfileOptionBuilder.float_operation()``: the registered flop statistics of Conv2D,
-    its backprop ops, depthwise convs, MatMul, element-wise ops...). Needs static shapes."""
+    """Float operations of a concrete function's graph (static shapes needed).
+
+    Every op counts with TensorFlow's registered flop statistics (those
+    ``tf.compat.v1.profiler``'s ``float_operation()`` sums: Conv2D, depthwise
+    convolution, MatMul, element-wise ops...), except the convolution gradients, which
+    :func:`_backprop_flops` counts. Counts the ops that are in the graph, i.e. what runs."""
+    from tensorflow.python.framework import ops as tf_ops
+
+    graph = concrete_function.graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul") and not op.outputs[0].shape.is_fully_defined():
+            raise ValueError(f"{op.name}: output shape {op.outputs[0].shape} is not static; FLOPs need static shapes")
+        if op.type in _BACKPROP:
+            total += _backprop_flops(op)
+            continue
+        try:
+            total += tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+        except ValueError:  # no statistics registered for this op type
+            pass
+    return int(total)
+
+
+def train_step_flops(model, batch, height, width):
+    """FLOPs of one compiled ``model.train_step`` (forward, loss, gradients, update) on a
+    static batch: the graph that the benchmark times, scales, fusion and loss included."""
     import tensorflow as tf
 
-    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    return int(tf.compat.v1.profiler.profile(graph=concrete_function.graph, options=opts).total_float_ops)
-
-
-def network_flops(network, batch, height, width, num_classes, training):
-    """FLOPs of one pass of the single-scale segmenter at a static input size.
-
-    ``training=False``: the forward graph. ``training=True``: forward + gradients of a
-    cross-entropy loss on the logits (plus the attention output) w.r.t. every trainable
-    weight, as one graph; the profiler counts the backprop convolutions too.
-    """
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([batch, height, width, 3], tf.float32)
-    if not training:
-        fn = tf.function(lambda x: network(x, training=False))
-        return graph_flops(fn.get_concrete_function(spec))
-
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            out = network(x, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, out["logits"]))
-            loss += tf.reduce_mean(out["attention_logits"])
-        return tape.gradient(loss, network.trainable_variables)
-
-    fn = tf.function(step)
-    return graph_flops(fn.get_concrete_function(spec, tf.TensorSpec([batch, height, width], tf.int32)))
+    specs = (tf.TensorSpec([batch, height, width, 3], tf.float32),
+             tf.TensorSpec([batch, height, width], tf.int32))
+    return graph_flops(tf.function(model.train_step).get_concrete_function(specs))
 
 
 def scaled(h, w, s):

@@ -15,18 +15,22 @@ Backends:
                normalised float32 batch with a fixed input signature
   saved_model  :func:`hmsa_keras.export.export_saved_model` (one export per chain: its
                chain and flip are fixed at export), reloaded, ``serving_default`` on uint8
-  tflite       ``HMSAExportModule.tflite_function(fixed_size)`` converted with
-               ``TFLiteConverter.from_concrete_functions``, TFLITE_BUILTINS only, float32,
-               run with ``ai_edge_litert`` (2 threads; XNNPACK is its default CPU delegate)
+  tflite, tflite_float16, tflite_dynamic_int8, tflite_full_int8
+               :func:`hmsa_keras.export.tflite.convert` of the chain at a fixed input size
+               (float32, float16 weights, int8 weights, int8 weights and activations
+               calibrated on 2 built-in synthetic scenes: latency only, agreement is
+               measured by ``hmsa-export``), run with ``ai_edge_litert`` (2 threads;
+               XNNPACK is its default CPU delegate)
 
-Each repeat round times one call of every (backend, chain), in rotating order, after a
-warm-up call each, plus a 2048x2048 float32 matmul (the machine's dense rate in the same
-run). Reported: median latency, and achieved GFLOP/s = forward FLOPs (TensorFlow's
-profiler on the segmenter's graph at each scale's static size, summed over the chain, x2
-with flip) / median latency. ``--quick`` runs the exported backends for the (0.5, 1.0)
-chain only. The 1024x2048 size (full mode) runs the Keras backend only,
-chains (1.0) and (0.5, 1.0) (0.5+1.0+2.0 would run the network at 2048x4096: ~4 TFLOP
-per call, minutes per call on this CPU).
+Chains run one after the other (their runners are released before the next, which bounds
+memory); for each, every repeat round times one call of every backend, in rotating order,
+after a warm-up call each, plus a 2048x2048 float32 matmul (the machine's dense rate in the
+same rounds). Reported: median latency, and achieved GFLOP/s = forward FLOPs (the graph of
+``model.segment`` for the chain at the static size, attention only where the chain reads
+it, counted by ``common.graph_flops``) / median latency. The exported backends run the training chain
+(0.5, 1.0) only with ``--quick`` (default backends keras, saved_model, tflite) and at
+sizes above 512x1024, where the 0.5+1.0+2.0 chain runs the network at 2048x4096
+(~3 TFLOP per call) and is timed for Keras only.
 
 Writes ``inference.json`` to ``--out_dir`` (default benchmarks/results; a temporary
 directory with ``--quick``). Last line: ``RESULT_JSON <path>``.
@@ -35,6 +39,7 @@ directory with ``--quick``). Last line: ``RESULT_JSON <path>``.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -51,7 +56,6 @@ import common  # noqa: E402
 
 NUM_CLASSES = 19
 CHAINS = (((1.0,), False), ((0.5, 1.0), False), ((0.5, 1.0, 2.0), False), ((0.5, 1.0, 2.0), True))
-LARGE_CHAINS = (((1.0,), False), ((0.5, 1.0), False))
 
 
 def chain_name(scales, flip):
@@ -91,20 +95,34 @@ def saved_model_runner(model, size, scales, flip, work_dir):
     return lambda: fn(images=x)["classes"].numpy()
 
 
-def tflite_runner(model, size, scales, flip, threads=2):
-    import numpy as np
-    import tensorflow as tf
+TFLITE_BACKENDS = {"tflite": "float32", "tflite_float16": "float16", "tflite_dynamic_int8": "dynamic_int8",
+                   "tflite_full_int8": "full_int8"}
 
+
+def calibration_images(size, count=2):
+    """Built-in synthetic street scenes at ``size`` (uint8) for full-int8 calibration."""
+    import numpy as np
+
+    from hmsa_keras.data import synthetic
+
+    return [np.asarray(synthetic.generate(0, "train", i, size=size)[0]) for i in range(count)]
+
+
+def tflite_runner(model, size, scales, flip, variant, threads=2):
+    """Converts the chain with :func:`hmsa_keras.export.tflite.convert` (fixed size) and
+    returns (run, file bytes); runs with ai_edge_litert."""
+    import numpy as np
+
+    from hmsa_keras.export import tflite
     from hmsa_keras.export.saved_model import HMSAExportModule
 
     module = HMSAExportModule(model, scales, flip)
-    cf = module.tflite_function(fixed_size=size)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([cf], module)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    flat = converter.convert()
+    flat = tflite.convert(module, variant, fixed_size=size,
+                          representative_images=calibration_images(size) if variant == "full_int8" else None)
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover
+        import tensorflow as tf
         Interpreter = tf.lite.Interpreter
     interp = Interpreter(model_content=flat, num_threads=threads)
     interp.allocate_tensors()
@@ -121,28 +139,43 @@ def tflite_runner(model, size, scales, flip, threads=2):
     return run, len(flat)
 
 
-def forward_flops(network, size, scales, flip, cache):
-    total = 0
-    for s in scales:
-        hw = common.scaled(*size, s)
-        if hw not in cache:
-            cache[hw] = common.network_flops(network, 1, *hw, NUM_CLASSES, training=False)
-        total += cache[hw]
-    return total * (2 if flip else 1)
+def make_runner(backend, model, size, scales, flip, work_dir):
+    """(run, extra facts) for one backend and chain."""
+    if backend == "keras":
+        return keras_runner(model, size, scales, flip), {}
+    if backend == "saved_model":
+        return saved_model_runner(model, size, scales, flip, work_dir), {}
+    if backend in TFLITE_BACKENDS:
+        run, nbytes = tflite_runner(model, size, scales, flip, TFLITE_BACKENDS[backend])
+        return run, {"tflite_bytes": nbytes}
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def forward_flops(model, size, scales, flip):
+    """FLOPs of the graph that the Keras backend runs: ``model.segment`` for the chain at a
+    static size (every scale, the attention only where the chain reads it, fusion, argmax)."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model.segment(x, scales=scales, flip=flip)["classes"])
+    return common.graph_flops(fn.get_concrete_function(tf.TensorSpec([1, *size, 3], tf.float32)))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model at 64x128 (CI smoke run)")
     parser.add_argument("--sizes", default=None, help="HxW list (default 512x1024,1024x2048; --quick 64x128)")
-    parser.add_argument("--backends", default="keras,saved_model,tflite")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated: keras, saved_model, " + ", ".join(TFLITE_BACKENDS)
+                        + " (default all; --quick keras,saved_model,tflite)")
     parser.add_argument("--repeats", type=int, default=0, help="timed rounds (default 3; --quick 2)")
     parser.add_argument("--matmul_n", type=int, default=0, help="matmul size (default 2048; --quick 512)")
     parser.add_argument("--out_dir", default=None)
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in
              (args.sizes or ("64x128" if args.quick else "512x1024,1024x2048")).split(",")]
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = [b.strip() for b in (args.backends or ("keras,saved_model,tflite" if args.quick else
+                                                      ",".join(["keras", "saved_model", *TFLITE_BACKENDS])))
+                .split(",") if b.strip()]
     repeats = args.repeats or (2 if args.quick else 3)
     matmul_n = args.matmul_n or (512 if args.quick else 2048)
     out_dir = args.out_dir or (tempfile.mkdtemp(prefix="hmsa_inference_") if args.quick
@@ -159,67 +192,55 @@ def main(argv=None):
               "repeats": repeats, "matmul_n": matmul_n, "sizes": {}}
     print(f"hmsa_keras inference benchmark: {report['machine']['cpu']}, {report['machine']['logical_cpus']} CPUs, "
           f"TF {tf.__version__}, model {report['model']}", flush=True)
-    flops_cache = {}
     try:
         for size in sizes:
             large = size[0] * size[1] > 512 * 1024
-            chains = LARGE_CHAINS if large else CHAINS
-            size_backends = ["keras"] if large else backends
+            chains = CHAINS
+            size_backends = backends
             key = f"{size[0]}x{size[1]}"
-            print(f"== {key}: building runners for {size_backends}", flush=True)
-            runners, extra = {}, {}
-            for scales, flip in chains:
+            print(f"== {key}: backends {size_backends}, one chain at a time", flush=True)
+            entry = {"chains": {}, "matmul_gflops_runs": []}
+            for scales, flip in chains:  # runners of one chain at a time: bounded memory
                 name = chain_name(scales, flip)
+                runners, extra = {}, {}
                 for b in size_backends:
-                    if args.quick and b != "keras" and (scales, flip) != ((0.5, 1.0), False):
-                        continue  # quick: exported backends only for the training chain
+                    if (args.quick or large) and b != "keras" and (scales, flip) != ((0.5, 1.0), False):
+                        continue  # exported backends only for the training chain (quick, or large sizes)
                     tic = time.perf_counter()
                     try:
-                        if b == "keras":
-                            runners[(b, name)] = keras_runner(model, size, scales, flip)
-                        elif b == "saved_model":
-                            runners[(b, name)] = saved_model_runner(model, size, scales, flip, work_dir)
-                        elif b == "tflite":
-                            runners[(b, name)], nbytes = tflite_runner(model, size, scales, flip)
-                            extra[(b, name)] = {"tflite_bytes": nbytes}
-                        else:
-                            raise ValueError(f"unknown backend {b!r}")
-                        runners[(b, name)]()  # warm-up (tracing / allocation)
-                        extra.setdefault((b, name), {})["setup_seconds"] = time.perf_counter() - tic
+                        runners[b], extra[b] = make_runner(b, model, size, scales, flip, work_dir)
+                        runners[b]()  # warm-up (tracing / allocation)
+                        extra[b]["setup_seconds"] = time.perf_counter() - tic
                     except Exception as e:  # report, keep going with the other backends
-                        extra[(b, name)] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-                        runners.pop((b, name), None)
-                        print(f"   {b} {name}: FAILED {extra[(b, name)]['error']}", flush=True)
-            times = {k: [] for k in runners}
-            mm = []
-            order = list(runners) + ["matmul"]
-            for r in range(repeats):
-                rot = order[r % len(order):] + order[:r % len(order)]
-                for k in rot:
-                    if k == "matmul":
-                        mm += common.matmul_rate(matmul_n, repeats=3)[1]
-                        continue
-                    t = time.perf_counter()
-                    runners[k]()
-                    times[k].append(time.perf_counter() - t)
-                print(f"   round {r + 1}/{repeats} done", flush=True)
-            mm_rate = common.median(mm)
-            entry = {"matmul_gflops_median": mm_rate, "matmul_gflops_runs": mm, "chains": {}}
-            for scales, flip in chains:
-                name = chain_name(scales, flip)
-                flops = forward_flops(model.network, size, scales, flip, flops_cache)
-                row = {"scales": list(scales), "flip": flip, "forward_flops": flops, "backends": {}}
-                for b in size_backends:
-                    k = (b, name)
-                    if args.quick and k not in times and k not in extra:
-                        continue
-                    cell = dict(extra.get(k, {}))
-                    if k in times:
-                        t = common.median(times[k])
-                        cell.update(latency_seconds_median=t, latency_seconds_runs=times[k],
-                                    achieved_gflops=flops / t / 1e9, matmul_fraction=flops / t / 1e9 / mm_rate)
+                        extra[b] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+                        runners.pop(b, None)
+                        print(f"   {b} {name}: FAILED {extra[b]['error']}", flush=True)
+                times = {b: [] for b in runners}
+                mm = []
+                order = list(runners) + ["matmul"]
+                for r in range(repeats):
+                    for b in order[r % len(order):] + order[:r % len(order)]:
+                        if b == "matmul":
+                            mm += common.matmul_rate(matmul_n, repeats=3)[1]
+                            continue
+                        t = time.perf_counter()
+                        runners[b]()
+                        times[b].append(time.perf_counter() - t)
+                print(f"   {name}: " + ", ".join(f"{b} {common.median(t):.2f}s" for b, t in times.items()), flush=True)
+                del runners
+                gc.collect()
+                flops = forward_flops(model, size, scales, flip)
+                row = {"scales": list(scales), "flip": flip, "forward_flops": flops, "matmul_gflops_runs": mm,
+                       "backends": {}}
+                for b, cell in extra.items():
+                    if b in times:
+                        t = common.median(times[b])
+                        cell.update(latency_seconds_median=t, latency_seconds_runs=times[b],
+                                    achieved_gflops=flops / t / 1e9, matmul_fraction=flops / t / 1e9 / common.median(mm))
                     row["backends"][b] = cell
                 entry["chains"][name] = row
+                entry["matmul_gflops_runs"] += mm
+            entry["matmul_gflops_median"] = common.median(entry["matmul_gflops_runs"])
             base = {b: entry["chains"][chain_name(*chains[0])]["backends"].get(b, {}).get("latency_seconds_median")
                     for b in size_backends}
             for row in entry["chains"].values():

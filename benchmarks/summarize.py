@@ -47,19 +47,31 @@ def train_cost_md(report):
 def inference_md(report):
     out = []
     for key, e in report["sizes"].items():
-        backends = sorted({b for r in e["chains"].values() for b in r["backends"]},
-                          key=["keras", "saved_model", "tflite"].index)
-        out.append(f"**{key}** (matmul {e['matmul_gflops_median']:.1f} GFLOP/s)\n")
-        out.append("| chain | forward GFLOP | " + " | ".join(f"{b} s | {b} GFLOP/s" for b in backends) + " |")
-        out.append("|---|---|" + "---|---|" * len(backends))
+        order = ["keras", "saved_model", "tflite", "tflite_float16", "tflite_dynamic_int8", "tflite_full_int8"]
+        backends = sorted({b for r in e["chains"].values() for b in r["backends"]}, key=order.index)
+        out.append(f"**{key}** (matmul {e['matmul_gflops_median']:.1f} GFLOP/s; seconds, and GFLOP/s in "
+                   "brackets)\n")
+        out.append("| chain | forward GFLOP | " + " | ".join(backends) + " |")
+        out.append("|---|---|" + "---|" * len(backends))
         for name, r in e["chains"].items():
             cells = []
             for b in backends:
                 c = r["backends"].get(b, {})
-                cells.append(f"{c['latency_seconds_median']:.3f} | {c['achieved_gflops']:.1f}"
-                             if "latency_seconds_median" in c else f"{c.get('error', 'not run')} | ")
+                cells.append(f"{c['latency_seconds_median']:.2f} ({c['achieved_gflops']:.0f})"
+                             if "latency_seconds_median" in c else c.get("error", "-"))
             out.append(f"| {name} | {r['forward_flops'] / 1e9:.1f} | " + " | ".join(cells) + " |")
         out.append("")
+    return "\n".join(out)
+
+
+def atrous_grad_md(report):
+    out = ["| config | training | dilated convs | step s, hmsa_keras | step s, TensorFlow's gradients | "
+           "speed-up | gradients agree to |", "|---|---|---|---|---|---|---|"]
+    for name, e in report["configs"].items():
+        for v, r in e["variants"].items():
+            t = r["step_seconds_median"]
+            out.append(f"| {name} | {v} | {r['dilated_convolutions']} | {t['hmsa_keras']:.2f} | "
+                       f"{t['tensorflow']:.2f} | {r['speedup']:.2f}x | {r['gradient_max_relative_difference']:.0e} |")
     return "\n".join(out)
 
 
@@ -70,6 +82,9 @@ def main(argv=None):
     tc = _load(args.results_dir, "train_cost.json")
     if tc:
         print("### Training cost\n\n" + train_cost_md(tc) + "\n")
+    ag = _load(args.results_dir, "atrous_grad.json")
+    if ag:
+        print("### Dilated-convolution gradients\n\n" + atrous_grad_md(ag) + "\n")
     inf = _load(args.results_dir, "inference.json")
     if inf:
         print("### Inference latency\n\n" + inference_md(inf) + "\n")

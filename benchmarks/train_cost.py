@@ -1,7 +1,7 @@
 """Training cost of HMSA vs single-scale and explicit multi-scale training.
 
     python benchmarks/train_cost.py [--quick] [--configs=mnv2_256x512,r50_256x512,r50_512x1024]
-                                    [--rounds=N] [--out_dir=DIR]
+                                    [--variants=single,hierarchical,...] [--rounds=N] [--out_dir=DIR]
 
 Variants (one :class:`hmsa_keras.HMSA` class, the training fusion differs):
 
@@ -9,6 +9,8 @@ Variants (one :class:`hmsa_keras.HMSA` class, the training fusion differs):
   hierarchical   ``fusion="hierarchical"``, ``train_scales=(0.5, 1.0)``: HMSA (1.25x pixels)
   explicit       ``fusion="explicit"``, ``train_scales=(0.5, 1.0, 2.0)``: softmax attention over
                  three scales (Chen et al. 2016; 5.25x pixels)
+  hierarchical_attn64  HMSA with a 64-channel attention head instead of the reference's 256
+                 (only with ``--variants``)
 
 Configs (19 classes, float32, output stride 16, heads 256 channels, SGD momentum):
 
@@ -16,6 +18,8 @@ Configs (19 classes, float32, output stride 16, heads 256 channels, SGD momentum
   r50_256x512    ResNet-50, crop 256x512, batch 1
   r50_512x1024   ResNet-50, crop 512x1024, batch 1 (single + hierarchical only: explicit would
                  run the network at 1024x2048 and is left out on this 24 GB machine)
+  quickstart     the model of flags/quickstart.cfg: MobileNetV2 alpha 0.35, 64-channel heads,
+                 crop 128x128, batch 8 (single + hierarchical)
   tiny           (--quick) MobileNetV2 alpha 0.35, 8-channel heads, crop 64x128, batch 1
 
 Method:
@@ -33,9 +37,10 @@ Method:
   baseline (activations, gradients, optimizer slots, graph tracing). TensorFlow's
   ``get_memory_info('CPU:0')`` is not available for the CPU allocator (it raises), and
   tracemalloc does not see TensorFlow's C++ allocations.
-- FLOPs: TensorFlow's profiler (``tf.compat.v1.profiler`` ``float_operation()``) on the
-  graph of one forward+backward pass of the segmenter at each scale's static size,
-  summed over the variant's scales (fusion and loss ops are not counted: < 0.1%).
+- FLOPs: the graph of the timed ``train_step`` itself (every scale, the fusion, the
+  losses, the gradients and the update), counted by ``common.graph_flops``: TensorFlow's
+  registered flop statistics, with convolution gradients counted like the forward
+  convolution they belong to (TensorFlow's statistics over-count them after SpaceToBatch).
   Achieved GFLOP/s = FLOPs / median step time, compared with the matmul rate.
 
 Prints a table per config and writes ``train_cost.json`` (``--out_dir``, default
@@ -66,6 +71,8 @@ VARIANTS = {
     "single": dict(fusion="single", train_scales=(1.0,)),
     "hierarchical": dict(fusion="hierarchical", train_scales=(0.5, 1.0)),
     "explicit": dict(fusion="explicit", train_scales=(0.5, 1.0, 2.0)),
+    # not in the default runs: HMSA with a 64-channel attention head (reference: 256), --variants
+    "hierarchical_attn64": dict(fusion="hierarchical", train_scales=(0.5, 1.0), attention_channels=64),
 }
 CONFIGS = {
     "mnv2_256x512": dict(model=dict(trunk="mobilenetv2", alpha=1.0), crop=(256, 512), batch=2,
@@ -74,6 +81,9 @@ CONFIGS = {
                         variants=("single", "hierarchical", "explicit")),
     "r50_512x1024": dict(model=dict(trunk="resnet50"), crop=(512, 1024), batch=1,
                          variants=("single", "hierarchical")),
+    "quickstart": dict(model=dict(trunk="mobilenetv2", alpha=0.35, aspp_channels=64, decoder_channels=64,
+                                  attention_channels=64), crop=(128, 128), batch=8,
+                       variants=("single", "hierarchical")),
     "tiny": dict(model=dict(trunk="mobilenetv2", alpha=0.35, aspp_channels=8, decoder_channels=8,
                             attention_channels=8, low_level_channels=8), crop=(64, 128), batch=1,
                  variants=("single", "hierarchical", "explicit")),
@@ -88,7 +98,7 @@ def build(config, variant):
     import hmsa_keras
 
     keras.utils.set_random_seed(0)
-    model = hmsa_keras.build_model(num_classes=NUM_CLASSES, **config["model"], **VARIANTS[variant])
+    model = hmsa_keras.build_model(num_classes=NUM_CLASSES, **{**config["model"], **VARIANTS[variant]})
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), loss="ce")
     model.optimizer.build(model.trainable_variables)
     return model
@@ -156,18 +166,8 @@ def time_config(config_name, rounds, matmul_n):
     models, steps = {}, {}
     for v in config["variants"]:
         models[v] = build(config, v)
-    # FLOPs of the segmenter (forward + backward) at every scale size, summed per variant
-    net = models[config["variants"][0]].network
-    flops_at = {}
-    flops = {}
-    for v in config["variants"]:
-        total = 0
-        for s in VARIANTS[v]["train_scales"]:
-            size = common.scaled(h, w, s)
-            if size not in flops_at:
-                flops_at[size] = common.network_flops(net, config["batch"], *size, NUM_CLASSES, training=True)
-            total += flops_at[size]
-        flops[v] = total
+    # FLOPs of the very train-step graph that is timed (static shapes: the batch is fixed)
+    flops = {v: common.train_step_flops(models[v], config["batch"], h, w) for v in config["variants"]}
     for v in config["variants"]:
         steps[v] = make_step(models[v])
         for _ in range(2):  # trace + one warm step
@@ -195,6 +195,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, few rounds (CI smoke run)")
     parser.add_argument("--configs", default=None, help="comma-separated: " + ", ".join(CONFIGS))
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated, replacing each config's own list (single is always run): "
+                        + ", ".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 3; --quick 2)")
     parser.add_argument("--matmul_n", type=int, default=0, help="matmul size (default 2048; --quick 512)")
     parser.add_argument("--memory_jobs", type=int, default=0,
@@ -208,6 +211,13 @@ def main(argv=None):
 
     names = args.configs.split(",") if args.configs else (["tiny"] if args.quick else
                                                           ["r50_256x512", "mnv2_256x512", "r50_512x1024"])
+    if args.variants:
+        chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = set(chosen) - set(VARIANTS)
+        if unknown:
+            parser.error(f"unknown --variants {sorted(unknown)}; allowed: {', '.join(VARIANTS)}")
+        for name in names:
+            CONFIGS[name]["variants"] = tuple(["single"] + [v for v in chosen if v != "single"])
     rounds = args.rounds or (2 if args.quick else 3)
     matmul_n = args.matmul_n or (512 if args.quick else 2048)
     jobs = args.memory_jobs or (3 if args.quick else 1)

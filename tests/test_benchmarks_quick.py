@@ -1,7 +1,7 @@
 """Smoke test of the benchmarks: each ``--quick`` run (tiny model, tiny sizes) completes and
 writes a JSON report with the expected structure and sane numbers.
 
-The three benchmarks run at the same time in subprocesses (each imports TensorFlow and
+The benchmarks run at the same time in subprocesses (each imports TensorFlow and
 traces its own graphs), so the wall time is about that of the slowest one.
 """
 
@@ -39,11 +39,12 @@ def _positive(x):
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
-    dirs = {name: tmp_path_factory.mktemp(name) for name in ("train_cost", "inference", "accuracy")}
+    dirs = {name: tmp_path_factory.mktemp(name) for name in ("train_cost", "inference", "accuracy", "atrous_grad")}
     procs = {
         "train_cost": _launch("train_cost.py", dirs["train_cost"]),
         "inference": _launch("inference.py", dirs["inference"]),
         "accuracy": _launch("accuracy.py", dirs["accuracy"], f"--work_dir={dirs['accuracy'] / 'runs'}"),
+        "atrous_grad": _launch("atrous_grad.py", dirs["atrous_grad"]),
     }
     try:
         return {name: (_result(p), dirs[name]) for name, p in procs.items()}
@@ -86,7 +87,9 @@ def test_inference_quick(reports):
         cell = row["backends"]["keras"]
         assert _positive(cell["latency_seconds_median"]) and _positive(cell["achieved_gflops"])
     flops = {n: r["forward_flops"] for n, r in entry["chains"].items()}
-    assert flops["0.5+1+2 flip"] == 2 * flops["0.5+1+2"]
+    # the graph of model.segment is counted: flip runs the chain twice (plus the averaging)
+    assert 2 * flops["0.5+1+2"] <= flops["0.5+1+2 flip"] < 2.01 * flops["0.5+1+2"]
+    assert flops["1"] < flops["0.5+1"] < flops["0.5+1+2"]
     for backend in ("saved_model", "tflite"):
         cell = entry["chains"]["0.5+1"]["backends"][backend]
         assert "error" not in cell, cell
@@ -107,3 +110,14 @@ def test_accuracy_quick(reports):
     for name in ("accuracy.png", "attention_example.png", "accuracy.md"):
         assert (out_dir / name).stat().st_size > 0
     assert "| hmsa / hierarchical |" in (out_dir / "accuracy.md").read_text()
+
+
+def test_atrous_grad_quick(reports):
+    report, _ = reports["atrous_grad"]
+    assert report["benchmark"] == "atrous_grad"
+    entry = report["configs"]["tiny"]
+    assert set(entry["variants"]) == {"single", "hierarchical"}
+    for row in entry["variants"].values():
+        assert row["dilated_convolutions"] == 3  # the three atrous ASPP branches
+        assert row["gradient_max_relative_difference"] < 1e-4  # both compute the same gradients
+        assert all(_positive(t) for t in row["step_seconds_median"].values()) and _positive(row["speedup"])

@@ -190,3 +190,20 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
     assert len(floats) > 100
     assert all(np.all(np.isfinite(reader.get_tensor(k))) for k in floats)
     assert not (model_dir / "last.keras").exists()
+
+
+@pytest.mark.parametrize("extra, want", [([], 16), (["--attention_channels=4"], 4)])
+def test_attention_channels_flag(extra, want):
+    """--attention_channels overrides --head_channels for the attention head only."""
+    from absl import flags
+
+    from hmsa_keras.cli import train
+
+    argv = ["hmsa-train", *TINY_FLAGS, *extra]
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    try:
+        model_cfg, _, _ = train.configs_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert model_cfg.attention_channels == want and model_cfg.aspp_channels == 16

@@ -56,7 +56,7 @@ def test_fused_loss_matches_hand_computed_value(aux_model, monkeypatch):
     labels = rng.integers(0, k, (b, h, w)).astype(np.int32)
     labels[rng.random(labels.shape) < 0.25] = 255
 
-    def run_scales(images, scales, training=False):
+    def run_scales(images, scales, training=False, attention=None):
         assert tuple(scales) == (0.5, 1.0)
         return {s: tuple(tf.constant(o[n]) for n in ("logits", "attn", "aux"))
                 for s, o in ((0.5, low), (1.0, high))}

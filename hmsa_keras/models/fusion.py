@@ -57,6 +57,14 @@ def hierarchical(outputs):
     return pred
 
 
+def attention_scales(fusion, scales):
+    """The scales whose attention ``fusion`` reads: hierarchical all but the largest,
+    explicit all, the others none."""
+    if fusion == "hierarchical":
+        return tuple(sorted(scales)[:-1])
+    return tuple(scales) if fusion == "explicit" else ()
+
+
 def explicit(outputs, size):
     """Explicit attention to scale (Chen et al. 2016): softmax over scales of the
     attention scores, weighting every scale's logits at ``size``."""

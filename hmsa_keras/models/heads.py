@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from hmsa_keras.models.atrous_conv2d import AtrousConv2D
+
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
 
@@ -44,8 +46,9 @@ class LayerFactory:
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name)
 
     def conv_bn_relu(self, x, filters, kernel_size, name, dilation_rate=1):
-        x = keras.layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation_rate,
-                                use_bias=False, name=f"{name}_conv")(x)
+        conv = AtrousConv2D if dilation_rate > 1 else keras.layers.Conv2D
+        x = conv(filters, kernel_size, padding="same", dilation_rate=dilation_rate,
+                 use_bias=False, name=f"{name}_conv")(x)
         x = self.bn(f"{name}_bn")(x)
         return keras.layers.ReLU(name=f"{name}_relu")(x)
 

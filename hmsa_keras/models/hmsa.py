@@ -89,22 +89,39 @@ class HMSA(keras.Model):
         self.built = True  # every weight exists once the segmenter is built
 
     # ------------------------------------------------------------------ forward
-    def run_scales(self, images, scales, training=False):
-        """Runs the segmenter at each scale: {scale: (logits, attention_logits, aux or None)}."""
+    def run_scales(self, images, scales, training=False, attention=None):
+        """Runs the segmenter at each scale: {scale: (logits, attention_logits, aux or None)}.
+
+        ``attention``: the scales whose attention is needed (default all). At the others the
+        attention head does not run and ``None`` stands in its place; in training that saves
+        its forward pass, which BatchNorm's moving-statistics updates would otherwise keep alive.
+        """
         check_min_size(images.shape, scales)
         outputs = {}
         for s in scales:
             x = images if s == 1.0 else F.resize(images, F.scaled_size(images, s))
-            out = self.network(x, training=training)
-            outputs[s] = (out["logits"], out["attention_logits"], out.get("aux_logits"))
+            net = self.network if attention is None or s in attention else self._network_without_attention()
+            out = net(x, training=training)
+            outputs[s] = (out["logits"], out.get("attention_logits"), out.get("aux_logits"))
         return outputs
+
+    def _network_without_attention(self):
+        """The segmenter minus its attention head: same layers and weights, not tracked twice."""
+        cached = self.__dict__.get("_without_attention")
+        if cached is None or cached[0] is not self.network:
+            outputs = {k: v for k, v in self.network.output.items() if k != "attention_logits"}
+            view = keras.Model(self.network.input, outputs, name="segmenter_without_attention",
+                               dtype=self.network.dtype_policy)
+            object.__setattr__(self, "_without_attention", (self.network, view))  # bypasses tracking
+        return self.__dict__["_without_attention"][1]
 
     def _fuse(self, outputs, size, fusion=None, index=0):
         pairs = {s: (o[index], o[1]) for s, o in outputs.items()}
         return F.fuse(pairs, fusion or self.fusion, size)
 
     def call(self, images, training=False):
-        outputs = self.run_scales(images, self.train_scales, training)
+        outputs = self.run_scales(images, self.train_scales, training,
+                                  F.attention_scales(self.fusion, self.train_scales))
         return self._fuse(outputs, tf.shape(images)[1:3])
 
     def segment(self, images, scales=(0.5, 1.0, 2.0), flip=False, fusion=None, return_details=False):
@@ -116,8 +133,9 @@ class HMSA(keras.Model):
         """
         scales = validate_scales(scales)
         size = tf.shape(images)[1:3]
-        outputs = self.run_scales(images, scales)
-        mirrored = self.run_scales(tf.reverse(images, axis=[2]), scales) if flip else None
+        attention = None if return_details else F.attention_scales(fusion or self.fusion, scales)
+        outputs = self.run_scales(images, scales, attention=attention)
+        mirrored = self.run_scales(tf.reverse(images, axis=[2]), scales, attention=attention) if flip else None
         logits = F.fuse_chain(outputs, scales, fusion or self.fusion, size, mirrored)
         result = {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
         if return_details:
@@ -163,7 +181,8 @@ class HMSA(keras.Model):
         """Returns (total, fused_logits, {name: term}); each value is this replica's
         share of the global-batch mean, so summing over replicas gives the true mean."""
         size = tf.shape(images)[1:3]
-        outputs = self.run_scales(images, self.train_scales, training)
+        outputs = self.run_scales(images, self.train_scales, training,
+                                  F.attention_scales(self.fusion, self.train_scales))
         fused = self._fuse(outputs, size)
         terms = {"fused": self._global_mean(self._loss_fn(labels, fused))}
         total = terms["fused"]
@@ -191,7 +210,8 @@ class HMSA(keras.Model):
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         grads = _skip_if_any_replica_nonfinite(grads, self.optimizer)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        # weights outside the loss (the attention head in single-scale training) get no update
+        self.optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
         self._update_trackers(total, terms)
         return {n: t.result() for n, t in self.loss_trackers.items()}
 

@@ -21,6 +21,7 @@ import re
 import keras
 import numpy as np
 
+from hmsa_keras.models.atrous_conv2d import AtrousConv2D
 from hmsa_keras.config import OUTPUT_STRIDES, TRUNKS
 from hmsa_keras.data.normalization import MEAN, STD
 
@@ -116,6 +117,8 @@ def _converter(plan, bn_momentum, sync_bn):
                 if strides is not None:
                     config["strides"] = strides
                 config["dilation_rate"] = (rate, rate)
+                if type(layer) is keras.layers.Conv2D and rate > 1:
+                    return AtrousConv2D.from_config(config)  # same weights, faster backward
         return layer.__class__.from_config(config)
 
     return clone

@@ -1,0 +1,129 @@
+"""AtrousConv2D: same outputs and gradients as keras.layers.Conv2D, used where dilation is;
+and the attention head runs only at the scales whose attention a fusion reads."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY
+
+
+def _grads(layer, x):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.cos(y))  # a non-trivial output gradient
+    return [y] + tape.gradient(loss, [x] + layer.trainable_weights)
+
+
+@pytest.mark.parametrize("rate, kernel, shape", [
+    (2, 3, (2, 9, 13, 5)), ((6, 3), 3, (1, 8, 16, 4)), (18, 3, (1, 16, 32, 3)), (2, 5, (2, 11, 7, 3))])
+def test_outputs_and_gradients_equal_keras_conv2d(rate, kernel, shape):
+    import keras
+    import tensorflow as tf
+
+    from hmsa_keras.models.atrous_conv2d import AtrousConv2D
+
+    x = tf.random.stateless_normal(shape, seed=(1, 2))
+    fast = AtrousConv2D(6, kernel, padding="same", dilation_rate=rate, use_bias=True)
+    plain = keras.layers.Conv2D(6, kernel, padding="same", dilation_rate=rate, use_bias=True)
+    fast.build(shape)
+    plain.build(shape)
+    plain.set_weights(fast.get_weights())
+    for name, a, b in zip(("output", "input grad", "kernel grad", "bias grad"), _grads(fast, x), _grads(plain, x)):
+        a, b = a.numpy(), b.numpy()
+        scale = np.abs(b).max()
+        assert scale > 0, name
+        np.testing.assert_allclose(a, b, atol=2e-6 * scale, rtol=0, err_msg=name)
+
+
+def test_dynamic_shapes_in_a_graph():
+    """The custom gradient works with unknown height and width (tf.function, None dims)."""
+    import keras
+    import tensorflow as tf
+
+    from hmsa_keras.models.atrous_conv2d import AtrousConv2D
+
+    fast = AtrousConv2D(4, 3, padding="same", dilation_rate=4)
+    plain = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=4)
+    fast.build((None, None, None, 3))
+    plain.build((None, None, None, 3))
+    plain.set_weights(fast.get_weights())
+    step = {}
+    for name, layer in (("fast", fast), ("plain", plain)):
+        step[name] = tf.function(lambda x, layer=layer: _grads(layer, x),
+                                 input_signature=[tf.TensorSpec([None, None, None, 3])])
+    x = tf.random.stateless_normal((1, 10, 23, 3), seed=(3, 4))
+    for a, b in zip(step["fast"](x), step["plain"](x)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6 * np.abs(b.numpy()).max())
+
+
+def test_other_settings_fall_back_to_conv2d_and_config_round_trips():
+    import keras
+    import tensorflow as tf
+
+    from hmsa_keras.models.atrous_conv2d import AtrousConv2D
+
+    x = tf.random.stateless_normal((1, 12, 12, 3), seed=(5, 6))
+    for kwargs in (dict(strides=2, padding="same"), dict(padding="valid", dilation_rate=2),
+                   dict(padding="same", dilation_rate=2, kernel_size=2)):
+        kwargs = {"kernel_size": 3, **kwargs}
+        fast, plain = AtrousConv2D(4, **kwargs), keras.layers.Conv2D(4, **kwargs)
+        fast.build(x.shape)
+        plain.build(x.shape)
+        plain.set_weights(fast.get_weights())
+        np.testing.assert_allclose(fast(x).numpy(), plain(x).numpy(), atol=1e-6)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fast))
+    assert type(clone) is AtrousConv2D and clone.get_config() == fast.get_config()
+
+
+def test_segmenter_uses_it_for_every_dilated_conv2d():
+    import keras
+
+    from hmsa_keras.models.atrous_conv2d import AtrousConv2D
+    from hmsa_keras.models.segmenter import build_segmenter
+
+    net = build_segmenter(5, trunk="resnet50", output_stride=16, aspp_channels=8, decoder_channels=8,
+                          attention_channels=8)
+
+    def convs(model):
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                yield from convs(layer)
+            elif isinstance(layer, keras.layers.Conv2D) and max(layer.dilation_rate) > 1:
+                yield layer
+
+    dilated = list(convs(net))
+    names = {layer.name for layer in dilated}
+    assert {"aspp_atrous1_conv", "aspp_atrous3_conv", "conv5_block2_2_conv", "conv5_block3_2_conv"} <= names
+    assert all(type(layer) is AtrousConv2D for layer in dilated), [type(x).__name__ for x in dilated]
+
+
+@pytest.mark.parametrize("fusion, scales, moved", [
+    ("single", (1.0,), False), ("hierarchical", (0.5, 1.0), True)])
+def test_attention_head_runs_only_where_the_fusion_reads_it(fusion, scales, moved):
+    """Single-scale training never runs the attention head (its BatchNorm statistics stay
+    put); hierarchical training runs it at 0.5 only, and run_scales says so with None."""
+    import keras
+    import tensorflow as tf
+
+    import hmsa_keras
+    from hmsa_keras.models import fusion as F
+
+    keras.utils.set_random_seed(0)
+    model = hmsa_keras.build_model(num_classes=3, fusion=fusion, train_scales=scales, **TINY)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="ce")
+    images = tf.random.stateless_normal((2, 64, 64, 3), seed=(1, 1))
+    labels = tf.random.stateless_uniform((2, 64, 64), seed=(2, 2), maxval=3, dtype=tf.int32)
+    attn_bn = model.network.get_layer("attn_1_bn")
+    seg_bn = model.network.get_layer("seg_1_bn")
+    before = attn_bn.moving_mean.numpy().copy(), seg_bn.moving_mean.numpy().copy()
+    tf.function(model.train_step)((images, labels))
+    assert not np.allclose(seg_bn.moving_mean.numpy(), before[1])
+    assert np.allclose(attn_bn.moving_mean.numpy(), before[0]) != moved
+
+    outputs = model.run_scales(images, scales, attention=F.attention_scales(fusion, scales))
+    assert [s for s, o in outputs.items() if o[1] is not None] == list(F.attention_scales(fusion, scales))
+    assert F.attention_scales("explicit", (0.5, 1.0, 2.0)) == (0.5, 1.0, 2.0)
+    assert len(model.weights) == len({id(w) for w in model.weights})  # the view adds no weights
