@@ -4,7 +4,7 @@ TensorFlow runs a dilated convolution as SpaceToBatch -> Conv2D -> BatchToSpace,
 the gradient of that with respect to its *input* is pathologically slow on CPU: the
 Conv2DBackpropInput over the space-to-batch'd tensor (batch x rate^2 tiny images) took
 0.08-0.59 s for one 3x3 ASPP convolution at rates 6/12/18, almost independent of the
-feature map size (benchmarks/results/atrous_grad.json). In the MobileNetV2 HMSA step that
+feature map size (benchmarks/profiling/, docs/benchmarks.md). In the MobileNetV2 HMSA step that
 was more than half of the step, and it was paid again at the 0.5 scale.
 
 For a stride-1, SAME-padded convolution with an odd kernel, the input gradient is itself
@@ -70,7 +70,7 @@ def _kernel_gradient(x, dy, kernel_shape, rate):
 
 @keras.saving.register_keras_serializable(package="hmsa_keras")
 class AtrousConv2D(keras.layers.Conv2D):
-    """``keras.layers.Conv2D`` whose dilated, SAME, stride-1 case has the fast input gradient."""
+    """``keras.layers.Conv2D`` whose dilated, SAME, stride-1 case has the fast gradients."""
 
     def convolution_op(self, inputs, kernel):
         if (max(self.dilation_rate) == 1 or tuple(self.strides) != (1, 1) or self.padding != "same"

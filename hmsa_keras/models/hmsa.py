@@ -120,9 +120,12 @@ class HMSA(keras.Model):
         return F.fuse(pairs, fusion or self.fusion, size)
 
     def call(self, images, training=False):
-        outputs = self.run_scales(images, self.train_scales, training,
-                                  F.attention_scales(self.fusion, self.train_scales))
-        return self._fuse(outputs, tf.shape(images)[1:3])
+        return self._fuse(self._run_train_scales(images, training), tf.shape(images)[1:3])
+
+    def _run_train_scales(self, images, training):
+        """``run_scales`` over ``train_scales``, with attention only where ``fusion`` reads it."""
+        return self.run_scales(images, self.train_scales, training,
+                               F.attention_scales(self.fusion, self.train_scales))
 
     def segment(self, images, scales=(0.5, 1.0, 2.0), flip=False, fusion=None, return_details=False):
         """Inference with any scale chain.
@@ -181,8 +184,7 @@ class HMSA(keras.Model):
         """Returns (total, fused_logits, {name: term}); each value is this replica's
         share of the global-batch mean, so summing over replicas gives the true mean."""
         size = tf.shape(images)[1:3]
-        outputs = self.run_scales(images, self.train_scales, training,
-                                  F.attention_scales(self.fusion, self.train_scales))
+        outputs = self._run_train_scales(images, training)
         fused = self._fuse(outputs, size)
         terms = {"fused": self._global_mean(self._loss_fn(labels, fused))}
         total = terms["fused"]
