@@ -127,24 +127,35 @@ class HMSA(keras.Model):
         return self.run_scales(images, self.train_scales, training,
                                F.attention_scales(self.fusion, self.train_scales))
 
+    def segment_chains(self, images, chains, flip=False, fusion=None, return_details=False):
+        """Inference with several scale chains sharing one pass: each scale of the union of
+        ``chains`` runs once. Returns one dict per chain (see :meth:`segment`)."""
+        chains = [validate_scales(c) for c in chains]
+        union = tuple(sorted(set(s for c in chains for s in c)))
+        size = tf.shape(images)[1:3]
+        fusion = fusion or self.fusion
+        attention = None if return_details else tuple(sorted(set(
+            s for c in chains for s in F.attention_scales(fusion, c))))
+        outputs = self.run_scales(images, union, attention=attention)
+        mirrored = self.run_scales(tf.reverse(images, axis=[2]), union, attention=attention) if flip else None
+        results = []
+        for chain in chains:
+            logits = F.fuse_chain(outputs, chain, fusion, size, mirrored)
+            result = {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+            if return_details:
+                result["scale_logits"] = {s: F.resize(outputs[s][0], size) for s in chain}
+                result["attention"] = {s: F.resize(tf.sigmoid(outputs[s][1]), size) for s in chain}
+            results.append(result)
+        return results
+
     def segment(self, images, scales=(0.5, 1.0, 2.0), flip=False, fusion=None, return_details=False):
-        """Inference with any scale chain.
+        """Inference with any scale chain: the one-chain case of :meth:`segment_chains`.
 
         Returns a dict with ``logits`` (fused, input size), ``classes`` (int32 argmax)
         and, with ``return_details``, ``scale_logits`` and ``attention`` (sigmoid maps),
         each a dict keyed by scale, resized to the input size.
         """
-        scales = validate_scales(scales)
-        size = tf.shape(images)[1:3]
-        attention = None if return_details else F.attention_scales(fusion or self.fusion, scales)
-        outputs = self.run_scales(images, scales, attention=attention)
-        mirrored = self.run_scales(tf.reverse(images, axis=[2]), scales, attention=attention) if flip else None
-        logits = F.fuse_chain(outputs, scales, fusion or self.fusion, size, mirrored)
-        result = {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
-        if return_details:
-            result["scale_logits"] = {s: F.resize(o[0], size) for s, o in outputs.items()}
-            result["attention"] = {s: F.resize(tf.sigmoid(o[1]), size) for s, o in outputs.items()}
-        return result
+        return self.segment_chains(images, [scales], flip, fusion, return_details)[0]
 
     # ------------------------------------------------------------------ training
     def compile(self, optimizer="sgd", loss="ce", aux_weight=0.4, scale_loss_weight=0.05,
