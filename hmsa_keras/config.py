@@ -42,6 +42,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 TILE_BLENDS = ("gaussian", "uniform", "crop")
 EXPORT_VARIANTS = ("saved_model", "float32", "float16", "dynamic_int8", "full_int8")
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
+SCHEDULE_GRANULARITIES = ("iteration", "epoch")
 
 
 def option(default, help, *, choices=None, lower=None, upper=None, kind=None, aliases=(),
@@ -115,6 +117,9 @@ class DataConfig:
     train_split: str = option("train", "Training split name.")
     val_split: str = option("val", "Validation split name.")
     crop_size: Tuple[int, int] = option((128, 128), "Training crop HxW (or H,W).", kind="hw")
+    pre_size: Optional[int] = option(
+        None, "Training: bring the image's long edge to this before the random scale and crop (the "
+        "reference's Mapillary recipe: 2177; 0 or unset: off).", lower=0, zero_is_none=True)
     scale_min: float = option(0.5, "Random scale augmentation: lower bound.", lower=0.01)
     scale_max: float = option(2.0, "Random scale augmentation: upper bound.", lower=0.01)
     hflip: bool = option(True, "Random horizontal flip.")
@@ -129,6 +134,9 @@ class DataConfig:
     eval_long_edge: Optional[int] = option(
         None, "Resize evaluation images so the long edge is at most this (0 or unset: full size; the "
         "reference uses 2177 for Mapillary).", lower=0, zero_is_none=True)
+    eval_upscale: bool = option(False, "Also enlarge evaluation images whose long edge is below "
+                                "--eval_long_edge, so every image is evaluated at exactly that long edge "
+                                "(the reference's Mapillary evaluation).")
     pseudo_label_dir: Optional[str] = option(
         None, "Folder dataset of auto-labels (hmsa-autolabel) mixed into training.")
     synthetic_train_size: int = option(256, "Images in the synthetic train split.", lower=1)
@@ -162,7 +170,15 @@ class TrainConfig:
     lr_power: float = option(1.0, "Poly LR power (the reference: 2 Cityscapes, 1 Mapillary).", lower=0.0)
     warmup_steps: int = option(0, "Linear LR warm-up steps.", lower=0)
     momentum: float = option(0.9, "SGD momentum.", lower=0.0, upper=1.0)
-    weight_decay: float = option(1e-4, "Weight decay (not on BatchNorm and biases).", lower=0.0)
+    weight_decay: float = option(1e-4, "Weight decay coefficient; what it means depends on "
+                                 "--weight_decay_mode.", lower=0.0)
+    weight_decay_mode: str = option(
+        "decoupled", "coupled: L2 added to the gradient before momentum, on every parameter "
+        "(torch.optim.SGD, the reference; about 1/(1 - momentum) times stronger at the same coefficient); "
+        "decoupled: Keras' w -= lr * wd * w, not on BatchNorm and biases.", choices=WEIGHT_DECAY_MODES)
+    lr_schedule_granularity: str = option(
+        "iteration", "Poly LR updated every step (iteration), or constant within each epoch like the "
+        "reference's LambdaLR (epoch).", choices=SCHEDULE_GRANULARITIES)
     loss: str = option("ce", "Main loss: cross-entropy, or RMI (0.5 BCE + 0.5 RMI).", choices=LOSSES)
     class_weights: Optional[Tuple[float, ...]] = option(None, "Per-class loss weights (one per class).",
                                                         kind="floats", lower=0.0)
@@ -238,6 +254,9 @@ class PredictConfig:
         kind="hw")
     tile_overlap: int = option(128, "Pixels shared by neighbouring tiles.", lower=0)
     tile_blend: str = option("gaussian", "How overlapping tiles are blended.", choices=TILE_BLENDS)
+    eval_upscale: bool = option(False, "Also enlarge evaluation images whose long edge is below "
+                                "--eval_long_edge, so every image is evaluated at exactly that long edge "
+                                "(the reference's Mapillary evaluation).")
     pseudo_label_dir: Optional[str] = option(None, "Also write pseudo-labels as a folder dataset here.")
     confidence: float = option(0.5, "Pseudo-labels: pixels whose top class probability is below this "
                                "become the ignore label.", lower=0.0, upper=1.0)

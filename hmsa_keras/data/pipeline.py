@@ -228,17 +228,11 @@ def _finish(ds, batch_size, drop_remainder):
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _new_fields(config):
-    """(pre_size, eval_upscale): DataConfig fields of this round, read tolerantly so that
-    configs written before they existed keep working (absent = off)."""
-    return getattr(config, "pre_size", None) or None, bool(getattr(config, "eval_upscale", False))
-
-
 def _eval_map(config):
     long_edge = config.eval_long_edge
     if long_edge is None and config.dataset == "mapillary":
         long_edge = mapillary.DEFAULT_EVAL_LONG_EDGE
-    upscale = _new_fields(config)[1]
+    upscale = config.eval_upscale
 
     def prepare(image, label):
         if long_edge:
@@ -291,7 +285,7 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
     cents = _centroid_tensors(config, split, source, get_dataset_info(config, split).num_classes) \
         if fraction > 0 else None
     base_seed = tf.constant(int(config.seed), tf.int64)
-    pre_size = _new_fields(config)[0]
+    pre_size = config.pre_size
 
     def example(i):
         seed = tf.stack([base_seed, i])
@@ -335,7 +329,7 @@ def _build_stream(config, split, training, batch_size, repeat, drop_remainder):
         ds = ds.repeat()
     ds = ds.shuffle(_TFDS_SHUFFLE_BUFFER, seed=int(config.seed)).enumerate()
     base_seed = tf.constant(int(config.seed), tf.int64)
-    pre_size = _new_fields(config)[0]
+    pre_size = config.pre_size
 
     def example(i, pair):
         return aug.augment(pair[0], pair[1], tf.stack([base_seed, i]), config, pre_size=pre_size)

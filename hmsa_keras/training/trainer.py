@@ -72,7 +72,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if train_cfg.freeze:
             model.set_frozen(train_cfg.freeze)
         optimizer = build_optimizer(model, learning_rate, total_steps, train_cfg.momentum,
-                                    train_cfg.weight_decay, train_cfg.lr_power, train_cfg.warmup_steps)
+                                    train_cfg.weight_decay, train_cfg.lr_power, train_cfg.warmup_steps,
+                                    weight_decay_mode=train_cfg.weight_decay_mode,
+                                    lr_schedule_granularity=train_cfg.lr_schedule_granularity,
+                                    steps_per_epoch=steps_per_epoch)
         if train_cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer, loss=train_cfg.loss, aux_weight=train_cfg.aux_weight,
