@@ -210,9 +210,10 @@ def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip:
     if tile_blend not in BLENDS:
         raise ValueError(f"tile_blend must be one of {BLENDS}, got {tile_blend!r}")
     tile = conventions.parse_hw(tile_size, "tile_size") or image.shape[:2]
-    if tile_size is not None and not 0 <= tile_overlap < min(tile):
-        raise ValueError(f"tile_overlap must be in [0, {min(tile)}) for tiles of {tile[0]}x{tile[1]}, "
-                         f"got {tile_overlap}")
+    cut = [t for t, side in zip(tile, image.shape[:2]) if t < side]  # axes that are really tiled
+    if cut and not 0 <= tile_overlap < min(cut):
+        raise ValueError(f"tile_overlap must be in [0, {min(cut)}) for tiles of {tile[0]}x{tile[1]} on an "
+                         f"image of {image.shape[0]}x{image.shape[1]}, got {tile_overlap}")
     if tile_size is not None:
         conventions.check_min_size(min(tile[0], image.shape[0]), min(tile[1], image.shape[1]), scales,
                                    name=f"tile of {tile[0]}x{tile[1]}")
