@@ -187,7 +187,7 @@ def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip:
       model: an :class:`hmsa_keras.HMSA` (anything with its ``segment`` method).
       image: uint8 ``[H, W, 3]`` RGB (see :func:`check_image`).
       scales: the inference chain, e.g. ``(0.5, 1.0, 2.0)`` (any positive, distinct scales;
-        hierarchical fusion as in arXiv 2005.10821 Sec. 3.2, reference
+        hierarchical fusion as in arXiv 2005.10821, reference
         ``network/mscale.py: nscale_forward``).
       flip: average with the fused logits of the mirrored image (flip-TTA).
       return_details: also return every scale's logits and attention.
