@@ -151,6 +151,10 @@ class DataConfig:
                            "readable) | full (decode everything).", choices=VALIDATE_LEVELS)
     tfds_manual_dir: Optional[str] = option(None, "cityscapes_tfds: folder holding the official zips "
                                             "(default: data_dir).")
+    mapillary_version: str = option(
+        "1.2", "Mapillary Vistas version: 1.2 (65 classes) or 2.0 (123 classes); reads "
+        "config_v<version>.json and <split>/v<version>/labels when present (docs/data.md).",
+        choices=("1.2", "2.0"))
 
 
 @dataclasses.dataclass(frozen=True)
