@@ -48,6 +48,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     from hmsa_keras.training.checkpoints import CheckpointKeeper, RunState, save_keras_atomic
     from hmsa_keras.training.loop import evaluate, make_test_function, make_train_function
     from hmsa_keras.training.optimizer import build_optimizer
+    from hmsa_keras.training.progress import progress
     from hmsa_keras.training.run_config import check_resume, num_examples, resolve
     from hmsa_keras.training.summaries import Summaries
 
@@ -112,8 +113,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if first == 0:  # resumed mid-epoch: keep the restored running means of this epoch
             for tracker in model.loss_trackers.values():
                 tracker.reset_state()
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=list(model.loss_trackers),
-                                  verbose=1 if chief else 0)
+        bar = progress(steps_per_epoch, model.loss_trackers, verbose=chief, epoch=epoch + 1,
+                       epochs=train_cfg.epochs)  # a bar on a terminal, plain lines in a log file
         tic = time.time()
         for _ in range(first, steps_per_epoch):
             logs = {k: float(v) for k, v in train_fn(iterator).items()}
