@@ -64,7 +64,7 @@ def write_flagfile(tool: Tool, model_dir: str) -> None:
 
 def main(argv):
     model_cfg, data_cfg, train_cfg = configs_from_flags()
-    from hmsa_keras.training.distribute import is_chief, make_strategy
+    from hmsa_keras.training.distribute import MultiWorkerFault, is_chief, make_strategy
 
     try:
         strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas)  # before any TF op
@@ -86,6 +86,9 @@ def main(argv):
     except DataError as e:  # missing/unreadable files: the message names them
         print(f"hmsa-train: data error: {e}", file=sys.stderr)
         return 2
+    except MultiWorkerFault as e:  # a lost peer or workers that resumed differently: names them
+        print(f"hmsa-train: error: {e}", file=sys.stderr)
+        return 4
     print(f"Done: best val mIoU {result['best_val_miou']:.4f}; models in {train_cfg.model_dir}")
     if train_cfg.export_dir and is_chief(strategy):
         from hmsa_keras.api import load_model

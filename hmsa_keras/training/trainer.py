@@ -35,7 +35,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     :func:`hmsa_keras.training.distribute.make_strategy`); it is made from
     ``train_cfg`` when not given.
     """
-    from hmsa_keras.training.distribute import is_chief, make_strategy
+    from hmsa_keras.training.distribute import guard_collectives, is_chief, make_strategy
 
     if strategy is None:
         strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas)
@@ -83,7 +83,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                       scale_loss_weight=train_cfg.scale_loss_weight, class_weights=train_cfg.class_weights)
         optimizer.build(model.trainable_variables)
         state = RunState()
-    keeper = CheckpointKeeper(model_dir, model, optimizer, state, chief=chief)
+    keeper = CheckpointKeeper(model_dir, model, optimizer, state, chief=chief, strategy=strategy)
     resumed = keeper.restore_latest()
     start_step = int(state.step.numpy())
     if resumed:
@@ -102,8 +102,13 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     preview = next(iter(val_ds))
 
     summaries = Summaries(model_dir, info, enabled=chief)
-    train_fn = make_train_function(model, strategy)
-    test_fn = make_test_function(model, strategy)  # traced once, reused by every validation
+    last_checkpoint = lambda: tf.train.latest_checkpoint(keeper.directory)  # noqa: E731
+    # Multi-worker: a lost peer ends the run with WorkerLost (naming it) instead of a hang.
+    train_fn = guard_collectives(make_train_function(model, strategy), strategy,
+                                 lambda: f"training step {step + 1} (epoch {epoch + 1})",
+                                 last_checkpoint)
+    test_fn = guard_collectives(make_test_function(model, strategy), strategy,  # traced once
+                                lambda: f"the validation of epoch {epoch + 1}", last_checkpoint)
     history_path = os.path.join(model_dir, "history.json")
     history = json.load(open(history_path)) if resumed and os.path.exists(history_path) else []
     result, logs = {}, {}
