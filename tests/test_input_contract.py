@@ -386,3 +386,45 @@ def test_eval_resize_twin_matches_the_pipeline():
         image, _ = resize_long_edge(tf.zeros((h, w, 3), tf.uint8), tf.zeros((h, w), tf.uint8), edge,
                                     upscale=up)
         assert tuple(image.shape[:2]) == eval_resized_hw(h, w, edge, up), (h, w, edge, up)
+
+
+# ------------------------------------------------------------------------ hmsa-predict, end to end
+@pytest.mark.slow
+def test_predict_reads_16bit_and_rotated_files_like_their_plain_copies(tmp_path, tiny_model):
+    """hmsa-predict through the one reader: a 16-bit grey PNG segments like its 8-bit copy,
+    a sideways-stored phone photo like the upright picture; a tiny image stops with one line."""
+    from absl import app
+
+    from hmsa_keras.cli import predict
+    from tests.eval_helpers import write_run_dir
+
+    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path / "none"))
+    run = write_run_dir(tmp_path / "run", tiny_model, cfg, eval_scales=(0.5, 1.0))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    grey8 = photo(48, 64)[..., 0]
+    Image.fromarray(grey8).save(inputs / "grey8.png")
+    Image.fromarray((grey8.astype(np.uint16) << 8) | 0x5A).save(inputs / "grey16.png")
+    upright = photo(40, 56, seed=3)
+    Image.fromarray(upright).save(inputs / "upright.png")
+    save_with_orientation(inputs / "sideways.png", STORED_FOR_UPRIGHT[6](upright), 6)
+    out = tmp_path / "out"
+    status = predict.TOOL.invoke(predict.main, [f"--model_dir={run}", f"--input={inputs}",
+                                                f"--output_dir={out}", "--save_raw",
+                                                "--novisualize"])
+    assert status == 0
+
+    def label(stem):
+        return np.asarray(Image.open(out / f"{stem}_label.png"))
+
+    np.testing.assert_array_equal(label("grey16"), label("grey8"))
+    np.testing.assert_array_equal(label("sideways"), label("upright"))
+    assert label("sideways").shape == (40, 56)
+
+    Image.fromarray(photo(20, 64)).save(inputs / "tiny.png")
+    with pytest.raises(app.UsageError) as err:
+        predict.TOOL.invoke(predict.main, [f"--model_dir={run}", f"--input={inputs / 'tiny.png'}",
+                                           f"--output_dir={out}"])
+    expected = f"{inputs / 'tiny.png'}: image of 20x64 (HxW) is 10x32 at scale 0.5"
+    assert str(err.value).startswith(expected)
+    assert "\n" not in str(err.value)
