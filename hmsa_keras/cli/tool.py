@@ -237,7 +237,9 @@ _QUIET_LIBRARIES = (r"(tensorflow|keras|tf_keras|absl|google\.protobuf|h5py|tens
 def native_stderr_filtered(keep=lambda line: not _NATIVE_NOISE.match(line)):
     """Captures what is written to file descriptor 2 (C/C++ code included) inside the block
     and writes back only the lines ``keep`` accepts (default: all but TensorFlow's native
-    INFO/WARNING lines). Used around ``import tensorflow`` at ``--verbosity=0``."""
+    INFO/WARNING lines). Used around ``import tensorflow`` at ``--verbosity=0``. (Should the
+    process die inside the block, e.g. a native crash while TensorFlow loads, what it wrote is
+    lost: rerun with ``--verbosity=1`` to see it.)"""
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured by a test runner)
