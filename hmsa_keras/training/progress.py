@@ -20,7 +20,8 @@ LINES_PER_EPOCH = 10
 class LineProgress:
     """``update(step, values)`` like ``keras.utils.Progbar``, printing plain lines such as
     ``epoch 2/4 step 30/100: loss=1.2345 fused=1.1000 (0.52 s/step)`` every ``every``
-    steps and at the last step (values are the stateful running means the trainer passes)."""
+    steps and at the last step (values are the stateful running means the trainer passes;
+    s/step is measured since the previous line, so the first line includes the tracing)."""
 
     def __init__(self, target: int, epoch: Optional[int] = None, epochs: Optional[int] = None,
                  every: Optional[int] = None, stream=None, verbose: bool = True):
@@ -29,21 +30,22 @@ class LineProgress:
         self.prefix = f"epoch {epoch}/{epochs} " if epoch is not None and epochs is not None else ""
         self.stream = stream
         self.verbose = verbose
-        self._start = time.time()
-        self._first_step = None
+        self._last_time = time.time()
+        self._last_step = None
 
     def update(self, current: int, values: Optional[Iterable[Tuple[str, float]]] = None,
                finalize=None):
-        if self._first_step is None:
-            self._first_step = current
+        if self._last_step is None:
+            self._last_step = current - 1  # the first update ends the first step
         if not self.verbose:
             return
         last = current >= self.target if finalize is None else finalize
         if current % self.every and not last:
             return
         stream = self.stream or sys.stdout
-        steps = max(current - self._first_step + 1, 1)
-        rate = (time.time() - self._start) / steps
+        now = time.time()
+        rate = (now - self._last_time) / max(current - self._last_step, 1)
+        self._last_time, self._last_step = now, current
         text = " ".join(f"{k}={float(v):.4f}" for k, v in (values or []))
         width = len(str(self.target))
         print(f"{self.prefix}step {current:{width}d}/{self.target}: {text} ({rate:.2f} s/step)",
