@@ -206,7 +206,7 @@ class TrainConfig:
     eval_flip: bool = option(False, "Flip-TTA in the run's inference chain (hmsa-eval, hmsa-predict, "
                              "hmsa-export defaults).")
     export_dir: Optional[str] = option(None, "After training, export a SavedModel of the best model here "
-                                       "(chain --eval_scales).")
+                                       "(chain --eval_scales); a relative path is inside --model_dir.")
 
 
 # Shorthand flags kept for old flagfiles: one value sets several fields unless those are given.

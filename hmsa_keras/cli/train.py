@@ -91,10 +91,13 @@ def main(argv):
         return 4
     print(f"Done: best val mIoU {result['best_val_miou']:.4f}; models in {train_cfg.model_dir}")
     if train_cfg.export_dir and is_chief(strategy):
+        import os
+
         from hmsa_keras.api import load_model
         from hmsa_keras.export import export_saved_model
 
-        path = export_saved_model(load_model(train_cfg.model_dir), train_cfg.export_dir,
+        path = export_saved_model(load_model(train_cfg.model_dir),
+                                  os.path.join(train_cfg.model_dir, train_cfg.export_dir),
                                   scales=train_cfg.eval_scales, flip=train_cfg.eval_flip)
         print(f"Exported SavedModel to {path}")
     return 0
