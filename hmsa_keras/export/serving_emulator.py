@@ -233,3 +233,97 @@ class ServingEmulator:
 
 
 __all__ = ["Backend", "ServingEmulator"]
+
+
+# ----------------------------------------------------------------------------- measurement
+def measure(path, image, rounds=5, name="hmsa"):
+    """Request/response sizes and client-side latency of one ``image`` (uint8 ``[H, W, 3]``)
+    for every way of calling the SavedModel at ``path``, in interleaved rounds (medians),
+    with the model's own time (the signature called directly) as the baseline. Returns rows
+    ``{transport, signature, request_bytes, response_bytes, median_s, overhead_s}``."""
+    import statistics
+    import time
+
+    import tensorflow as tf
+
+    from hmsa_keras.export import image_io
+    from hmsa_keras.export import serving_client as REST
+
+    png = image_io.encode_png(image)
+    with ServingEmulator(path, name=name) as server:
+        url = server.rest_url + ":predict"
+        client = W.PredictionClient(server.grpc_target, name)
+        direct = server.backend.loaded.signatures["serving_default"]
+        x = tf.constant(image[None])
+        sizes = {}
+
+        def rest(body):
+            def call():
+                _, sent, received = REST.post(url, body)
+                return sent, received
+            return call
+
+        def grpc_call(signature, inputs):
+            def call():
+                request = W.encode_predict_request(name, signature, inputs)
+                response = client._predict(request, timeout=600)
+                W.decode_predict_response(response)
+                return len(request), len(response)
+            return call
+
+        cases = {
+            ("direct (no transport)", "serving_default"): lambda: (direct(images=x)["classes"].numpy(), (0, 0))[1],
+            ("REST uint8 JSON", "serving_default"): rest(REST.build_request(image)),
+            ("REST b64 PNG", "serving_encoded"): rest(REST.build_encoded_request(png, "serving_encoded")),
+            ("REST b64 PNG", "serving_encoded_png"): rest(REST.build_encoded_request(png, "serving_encoded_png")),
+            ("gRPC uint8 tensor", "serving_default"): grpc_call("serving_default", {"images": image[None]}),
+            ("gRPC PNG bytes", "serving_encoded_png"):
+                grpc_call("serving_encoded_png", {"image_bytes": np.array([png], dtype=object)}),
+        }
+        times = {k: [] for k in cases}
+        for key, call in cases.items():  # warm-up, and the sizes
+            sizes[key] = call()
+        for _ in range(rounds):
+            for key, call in cases.items():
+                start = time.perf_counter()
+                call()
+                times[key].append(time.perf_counter() - start)
+        client.close()
+    base = statistics.median(times[("direct (no transport)", "serving_default")])
+    rows = []
+    for (transport, signature), t in times.items():
+        median = statistics.median(t)
+        rows.append({"transport": transport, "signature": signature, "request_bytes": sizes[(transport, signature)][0],
+                     "response_bytes": sizes[(transport, signature)][1], "median_s": median,
+                     "overhead_s": median - base, "png_bytes": len(png)})
+    return rows
+
+
+def main(argv=None):
+    """``python -m hmsa_keras.export.serving_emulator --saved_model=DIR [--size=512x1024]``:
+    prints :func:`measure`'s table for a synthetic street scene of that size."""
+    import argparse
+
+    from hmsa_keras.config import DataConfig
+    from hmsa_keras.conventions import parse_hw
+    from hmsa_keras.export.report import sample_images
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--saved_model", required=True, help="SavedModel or TF Serving model folder")
+    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    size = parse_hw(args.size, "--size")
+    image = sample_images(DataConfig(synthetic_image_size=size, synthetic_val_size=1), "val", 1, training=False)[0]
+    rows = measure(args.saved_model, image, rounds=args.rounds)
+    print(f"{'transport':<24} {'signature':<20} {'request':>10} {'response':>10} {'median':>9} {'overhead':>9}")
+    for r in rows:
+        print(f"{r['transport']:<24} {r['signature']:<20} {r['request_bytes'] / 1e6:>8.2f}MB "
+              f"{r['response_bytes'] / 1e6:>8.2f}MB {1000 * r['median_s']:>7.0f}ms {1000 * r['overhead_s']:>7.0f}ms")
+    print(f"(image {size[0]}x{size[1]}, PNG {rows[0]['png_bytes'] / 1e6:.2f} MB; {args.rounds} interleaved rounds, "
+          "medians; loopback, TensorFlow's loader behind the emulator)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
