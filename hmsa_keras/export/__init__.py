@@ -110,6 +110,21 @@ def export_model(model, output_dir, scales=(0.5, 1.0, 2.0), flip=False, variants
                      size_bytes=len(content), builtin_ops_only=True, outputs=list(outputs),
                      float_ops=list(ops), **R.check_tflite(path, eval_set, latency_size, latency_runs, threads)))
 
+    tflite_rows = [r for r in rows if r["file"].endswith(".tflite") and r.get("latency_s") is not None]
+    if len(tflite_rows) > 1:  # the ratios matter: time the files again side by side
+        medians = R.interleaved_latency([os.path.join(output_dir, r["file"]) for r in tflite_rows],
+                                        tuple(latency_size), latency_runs, threads)
+        base = next((r for r in tflite_rows if r["variant"] == "float32" and not r.get("fixed_size")), None)
+        for r in tflite_rows:
+            r["latency_s"] = medians[os.path.join(output_dir, r["file"])]
+        for r in tflite_rows:
+            if base is not None:
+                r["latency_vs_float32"] = r["latency_s"] / base["latency_s"]
+        echo("\nTFLite latency, interleaved rounds (medians): " + ", ".join(
+            f"{r['file']} {1000 * r['latency_s']:.0f} ms" + (f" ({r['latency_vs_float32']:.2f}x float32)"
+                                                           if "latency_vs_float32" in r else "")
+            for r in tflite_rows))
+
     sweep = None
     if int8_sweep:
         echo("\nfull_int8 with one op type at a time kept in float:")

@@ -234,3 +234,27 @@ def float_fallback_sweep(module, calibration_images, eval_set, latency_size, can
         except Exception as exc:  # an op the debugger cannot keep in float: say so, go on
             echo(f"{op:<38} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:100]}")
     return rows
+
+
+def interleaved_latency(paths, size, runs=5, threads=2, warmup=1, seed=0):
+    """``{path: median seconds}`` of LiteRT ``invoke`` at ``size`` = (h, w) for several
+    ``.tflite`` files, timed in interleaved rounds (one invoke of each file per round), so
+    that the ratios between files are fair on a machine whose load changes."""
+    from hmsa_keras.export.litert_runner import LiteRTSegmenter
+
+    segmenters = {p: LiteRTSegmenter(p, num_threads=threads) for p in paths}
+    image = np.random.RandomState(seed).randint(0, 256, (*size, 3)).astype(np.uint8)
+    for seg in segmenters.values():
+        h, w = seg.fixed_size or size
+        x = image if (h, w) == tuple(size) else resize_image(image, (h, w))
+        seg._prepare(h, w)
+        seg.interpreter.set_tensor(seg.input["index"], seg._feed(x))
+        for _ in range(warmup):
+            seg.interpreter.invoke()
+    times = {p: [] for p in paths}
+    for _ in range(runs):
+        for p, seg in segmenters.items():
+            start = time.perf_counter()
+            seg.interpreter.invoke()
+            times[p].append(time.perf_counter() - start)
+    return {p: statistics.median(t) for p, t in times.items()}
