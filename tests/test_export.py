@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow  # subprocesses / training / export / benchmarks
 tf = pytest.importorskip("tensorflow")
 
 import hmsa_keras  # noqa: E402
-from tests.helpers.common import TINY as TINY_MODEL  # noqa: E402
 from hmsa_keras.data.normalization import normalize  # noqa: E402
 from hmsa_keras.export import saved_model as S  # noqa: E402
 from hmsa_keras.export import tflite  # noqa: E402
+from tests.helpers.common import TINY as TINY_MODEL  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = (0.5, 1.0)

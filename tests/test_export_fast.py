@@ -11,8 +11,7 @@ from PIL import Image
 
 from hmsa_keras import conventions
 from hmsa_keras.export import grpc_client as G
-from hmsa_keras.export import image_io
-from hmsa_keras.export import litert_runner
+from hmsa_keras.export import image_io, litert_runner
 from hmsa_keras.export import serving_client as REST
 
 

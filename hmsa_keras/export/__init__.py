@@ -62,7 +62,11 @@ def export_model(model, output_dir, scales=(0.5, 1.0, 2.0), flip=False, variants
 
     from hmsa_keras.export import report as R
     from hmsa_keras.export import tflite
-    from hmsa_keras.export.saved_model import HMSAExportModule, as_float32, export_serving
+    from hmsa_keras.export.saved_model import (
+        HMSAExportModule,
+        as_float32,
+        export_serving,
+    )
 
     unknown = set(variants) - set(ALL_VARIANTS)
     if unknown:
