@@ -298,9 +298,13 @@ class ExportConfig:
     calibration_crops: bool = option(False, "Calibrate full_int8 on augmented training crops at the crop "
                                      "size instead of full images at --calibration_size.")
     float_ops: Tuple[str, ...] = option((), "TFLite op types kept in float in full_int8 (selective "
-                                        "quantization), e.g. RESIZE_BILINEAR,LOGISTIC.")
+                                        "quantization), e.g. MUL,LOGISTIC; 'auto': chosen by a per-op sweep "
+                                        "(see --int8_target).")
     int8_sweep: bool = option(False, "Also convert full_int8 once per op type with that type kept in float "
                               "and report agreement and latency of each (int8_sweep.json).")
+    int8_target: float = option(0.97, "Agreement full_int8 should reach at the deployment size; with "
+                                "--float_ops=auto the op type whose float fallback helps most is kept in float "
+                                "when the all-int8 file misses it.", lower=0.0, upper=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -190,3 +190,18 @@ def test_runner_reader_agrees_with_the_project_reader(tmp_path):
                     "reader of issue 13 lands on branch `input`); this test runs once it does")
     for mode, (path, _) in files.items():
         np.testing.assert_array_equal(image_io.read_image(path), data_io.read_image(str(path)), err_msg=mode)
+
+
+def test_automatic_float_ops_choice():
+    from hmsa_keras.export import choose_float_ops
+
+    def row(ops, deploy, val=0.99):
+        return {"float_ops": list(ops), "agreement": val, "agreement_deploy": deploy}
+
+    sweep = [row((), 0.9726), row(("CONV_2D",), 0.9727), row(("MUL",), 0.9873), row(("ADD",), 0.9725)]
+    assert choose_float_ops(sweep, 0.97) == ()  # all-int8 reaches the target
+    assert choose_float_ops(sweep, 0.98) == ("MUL",)
+    assert choose_float_ops([row((), 0.95), row(("ADD",), 0.9505)], 0.97) == ()  # no op type helps
+    # without a deployment-size column, the validation agreement decides
+    assert choose_float_ops([{"float_ops": [], "agreement": 0.9}, {"float_ops": ["MUL"], "agreement": 0.95}]) \
+        == ("MUL",)

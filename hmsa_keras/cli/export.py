@@ -44,7 +44,9 @@ def main(argv):
         raise usage("variants", "give at least one artefact")
     if (opts.float_ops or opts.int8_sweep) and "full_int8" not in opts.variants:
         raise usage("float_ops" if opts.float_ops else "int8_sweep", "applies to full_int8: add it to --variants")
-    if opts.float_ops:
+    if opts.float_ops and "auto" in opts.float_ops and len(opts.float_ops) > 1:
+        raise usage("float_ops", "'auto' chooses the op types itself: give it alone")
+    if opts.float_ops and opts.float_ops != ("auto",):
         from ai_edge_litert import schema_py_generated as schema
 
         known = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
@@ -90,7 +92,7 @@ def main(argv):
                  echo=lambda line: print(line, flush=True), serving_name=opts.serving_name,
                  serving_version=opts.serving_version, warmup_size=opts.warmup_size,
                  tflite_outputs=OUTPUT_SETS[opts.tflite_outputs], calibration_size=calibration_size,
-                 float_ops=opts.float_ops, int8_sweep=opts.int8_sweep)
+                 float_ops=opts.float_ops, int8_sweep=opts.int8_sweep, int8_target=opts.int8_target)
     print(f"report: {opts.output_dir}/export_report.json", flush=True)
     return 0
 

@@ -44,7 +44,7 @@ def export_model(model, output_dir, scales=(0.5, 1.0, 2.0), flip=False, variants
                  latency_size=(512, 1024), latency_runs=5, threads=2, class_names=None, colors=None,
                  echo=print, serving_name="hmsa", serving_version=1, warmup_size=None,
                  tflite_outputs=("classes", "probabilities"), calibration_size=None, float_ops=(),
-                 int8_sweep=False):
+                 int8_sweep=False, int8_target=0.97):
     """Writes the chosen variants to ``output_dir`` and returns the report (also written as
     ``export_report.json``).
 
@@ -56,7 +56,9 @@ def export_model(model, output_dir, scales=(0.5, 1.0, 2.0), flip=False, variants
     ``full_int8`` (resized to ``calibration_size`` when given). ``eval_images`` (uint8 RGB)
     and ``eval_labels`` give the agreement with the Keras model (at their size, at
     ``latency_size`` and at ``calibration_size``) and the mIoU (see :mod:`report`).
-    ``int8_sweep``: also run :func:`report.float_fallback_sweep` (``int8_sweep.json``).
+    ``int8_sweep``: also run :func:`report.float_fallback_sweep` (``int8_sweep.json``);
+    ``float_ops=("auto",)`` runs it and keeps in float the op type chosen by
+    :func:`choose_float_ops` for ``int8_target``.
     """
     import tensorflow as tf
 
@@ -95,6 +97,18 @@ def export_model(model, output_dir, scales=(0.5, 1.0, 2.0), flip=False, variants
                  **R.check_saved_model(path, eval_set, latency_size, latency_runs)))
 
     outputs = tuple(tflite_outputs)
+    sweep = None
+    float_ops = tuple(float_ops)
+    if "full_int8" in variants and (int8_sweep or float_ops == ("auto",)):
+        echo("\nfull_int8 with one op type at a time kept in float:")
+        sweep = R.float_fallback_sweep(module, calibration_images, eval_set, latency_size, runs=latency_runs,
+                                       threads=threads, outputs=outputs, echo=echo)
+        with open(os.path.join(output_dir, "int8_sweep.json"), "w") as f:
+            json.dump(sweep, f, indent=2)
+        if float_ops == ("auto",):
+            float_ops = choose_float_ops(sweep, int8_target)
+            echo(f"--float_ops=auto: {','.join(float_ops) or 'none'} (target {100 * int8_target:.1f}% agreement "
+                 f"at {eval_set.sizes().get('deploy', eval_set.sizes().get('val', '?'))})\n")
     for variant in [v for v in variants if v != "saved_model"]:
         for size in [None] + ([tuple(fixed_size)] if fixed_size else []):
             name = tflite_name(variant, size)
@@ -129,13 +143,6 @@ def export_model(model, output_dir, scales=(0.5, 1.0, 2.0), flip=False, variants
                                                            if "latency_vs_float32" in r else "")
             for r in tflite_rows))
 
-    sweep = None
-    if int8_sweep:
-        echo("\nfull_int8 with one op type at a time kept in float:")
-        sweep = R.float_fallback_sweep(module, calibration_images, eval_set, latency_size, runs=latency_runs,
-                                       threads=threads, outputs=outputs, echo=echo)
-        with open(os.path.join(output_dir, "int8_sweep.json"), "w") as f:
-            json.dump(sweep, f, indent=2)
 
     labels = {"names": list(module.class_names), "colors": module.colors,
               "scales": list(module.scales), "flip": module.flip}
@@ -150,3 +157,22 @@ def export_model(model, output_dir, scales=(0.5, 1.0, 2.0), flip=False, variants
     with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def choose_float_ops(sweep, target=0.97):
+    """The op types to keep in float, from :func:`report.float_fallback_sweep` rows: none
+    when the all-int8 file reaches ``target`` agreement (at the deployment size when it was
+    measured, else at the validation images' size); else the single op type whose float
+    fallback gives the highest agreement, if it improves on all-int8 by at least 0.1 point.
+    One step only: a second op type would multiply the conversions, and one type was
+    enough in our measurements (docs/export.md)."""
+    def score(row):
+        return row.get("agreement_deploy", row.get("agreement")) or 0.0
+
+    plain = next((r for r in sweep if not r["float_ops"]), None)
+    if plain is None or score(plain) >= target:
+        return ()
+    best = max((r for r in sweep if len(r["float_ops"]) == 1), key=score, default=None)
+    if best is None or score(best) < score(plain) + 0.001:
+        return ()
+    return tuple(best["float_ops"])
