@@ -116,46 +116,6 @@ def _representative(images, fixed_size):
     return generate
 
 
-def quantization_debug(module, calibration_images, debug_images, fixed_size=None,
-                       outputs=("classes", "probabilities")):
-    """Per-tensor quantization error of ``full_int8`` (``QuantizationDebugger.run``):
-    a list of dicts ``{tensor_name, op_name, num_elements, mean_squared_error, scale,
-    rmse_over_scale}`` sorted by ``rmse_over_scale`` (the error in quantization steps;
-    about 0.29 is the ideal of uniform rounding), worst first."""
-    converter = make_converter(module, "full_int8", fixed_size, calibration_images, outputs)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=_representative(debug_images, fixed_size))
-    debugger.run()
-    rows = []
-    for name, stats in debugger.layer_statistics.items():
-        row = {"tensor_name": name, **{k: float(v) for k, v in stats.items()}}
-        rows.append(row)
-    scales = {}
-    for detail in debugger._quant_interpreter.get_tensor_details():  # the quantized model's tensors
-        q = detail.get("quantization_parameters", {})
-        if len(q.get("scales", [])):
-            scales[detail["name"]] = float(q["scales"][0])
-    ops = _op_of_tensor(debugger._quant_interpreter)
-    for row in rows:
-        scale = scales.get(row["tensor_name"])
-        row["op_name"] = ops.get(row["tensor_name"], "?")
-        row["scale"] = scale
-        mse = row.get("mean_squared_error")
-        row["rmse_over_scale"] = float(np.sqrt(mse) / scale) if scale and mse is not None else None
-    return sorted(rows, key=lambda r: -(r["rmse_over_scale"] or 0.0))
-
-
-def _op_of_tensor(interpreter):
-    """{output tensor name: op type} of an interpreter's model."""
-    out = {}
-    tensors = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    for op in interpreter._get_ops_details():
-        for index in op["outputs"]:
-            if index in tensors:
-                out[tensors[index]] = op["op_name"]
-    return out
-
-
 # ----------------------------------------------------------------------------- flatbuffer
 def operator_codes(model_content):
     """Names of the operator codes in a ``.tflite`` flatbuffer: builtin names, or
@@ -313,5 +273,5 @@ class TFLiteSegmenter:
 
 
 __all__ = ["OUTPUT_SETS", "TFLiteSegmenter", "VARIANTS", "convert", "embed_metadata", "io_summary",
-           "make_converter", "non_builtin_ops", "operator_codes", "quantization_debug", "read_metadata",
+           "make_converter", "non_builtin_ops", "operator_codes", "read_metadata",
            "sidecar_path", "write_tflite"]
