@@ -297,9 +297,9 @@ class ExportConfig:
         "--latency_size, the deployment size).", kind="hw")
     calibration_crops: bool = option(False, "Calibrate full_int8 on augmented training crops at the crop "
                                      "size instead of full images at --calibration_size.")
-    float_ops: Tuple[str, ...] = option((), "TFLite op types kept in float in full_int8 (selective "
-                                        "quantization), e.g. MUL,LOGISTIC; 'auto': chosen by a per-op sweep "
-                                        "(see --int8_target).")
+    float_ops: Optional[str] = option(None, "Comma-separated TFLite op types kept in float in full_int8 "
+                                      "(selective quantization), e.g. MUL,LOGISTIC; 'auto': chosen by a per-op "
+                                      "sweep (see --int8_target).")
     int8_sweep: bool = option(False, "Also convert full_int8 once per op type with that type kept in float "
                               "and report agreement and latency of each (int8_sweep.json).")
     int8_target: float = option(0.97, "Agreement full_int8 should reach at the deployment size; with "

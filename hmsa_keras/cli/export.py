@@ -44,13 +44,16 @@ def main(argv):
         raise usage("variants", "give at least one artefact")
     if (opts.float_ops or opts.int8_sweep) and "full_int8" not in opts.variants:
         raise usage("float_ops" if opts.float_ops else "int8_sweep", "applies to full_int8: add it to --variants")
-    if opts.float_ops and "auto" in opts.float_ops and len(opts.float_ops) > 1:
-        raise usage("float_ops", "'auto' chooses the op types itself: give it alone")
-    if opts.float_ops and opts.float_ops != ("auto",):
+    float_ops = tuple(op.strip().upper() for op in (opts.float_ops or "").split(",") if op.strip())
+    if "AUTO" in float_ops:
+        if len(float_ops) > 1:
+            raise usage("float_ops", "'auto' chooses the op types itself: give it alone")
+        float_ops = ("auto",)
+    if float_ops and float_ops != ("auto",):
         from ai_edge_litert import schema_py_generated as schema
 
         known = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
-        bad = [op for op in opts.float_ops if op not in known]
+        bad = [op for op in float_ops if op not in known]
         if bad:
             raise usage("float_ops", f"unknown TFLite op type(s) {bad}; use builtin names such as "
                         "RESIZE_BILINEAR, CONV_2D, LOGISTIC (the report of --int8_sweep lists those of the model)")
@@ -92,7 +95,7 @@ def main(argv):
                  echo=lambda line: print(line, flush=True), serving_name=opts.serving_name,
                  serving_version=opts.serving_version, warmup_size=opts.warmup_size,
                  tflite_outputs=OUTPUT_SETS[opts.tflite_outputs], calibration_size=calibration_size,
-                 float_ops=opts.float_ops, int8_sweep=opts.int8_sweep, int8_target=opts.int8_target)
+                 float_ops=float_ops, int8_sweep=opts.int8_sweep, int8_target=opts.int8_target)
     print(f"report: {opts.output_dir}/export_report.json", flush=True)
     return 0
 
