@@ -49,13 +49,16 @@ METADATA_NAME = "hmsa_metadata"
 
 
 def convert(module, variant, fixed_size=None, representative_images=None, outputs=("classes", "probabilities"),
-            float_ops=(), float_nodes=()):
+            float_ops=(), float_nodes=(), float_shape_math=True):
     """Returns the ``.tflite`` flatbuffer (bytes) of ``module`` for ``variant``.
 
     ``representative_images``: iterable of uint8 ``[H, W, 3]`` arrays, required for
     ``full_int8`` (resized to ``fixed_size`` when given). ``outputs``: ``("classes",
     "probabilities")`` or ``("classes",)``. ``float_ops``/``float_nodes``: kept in float
-    in ``full_int8`` (op type names, e.g. ``"RESIZE_BILINEAR"``; tensor names).
+    in ``full_int8`` (op type names, e.g. ``"MUL"``; output tensor names).
+    ``float_shape_math``: in ``full_int8``, keep the image-size arithmetic in float
+    (:func:`shape_math_nodes`; without it the scaled sizes of the chain are int8 numbers,
+    off by pixels and clipped at the calibration size).
     """
     if variant not in VARIANTS:
         raise ValueError(f"Unknown TFLite variant {variant!r}; allowed: {VARIANTS}")
@@ -64,6 +67,16 @@ def convert(module, variant, fixed_size=None, representative_images=None, output
     if (float_ops or float_nodes) and variant != "full_int8":
         raise ValueError(f"float_ops/float_nodes apply to full_int8 only, not {variant!r}")
     converter = make_converter(module, variant, fixed_size, representative_images, outputs)
+    float_nodes = tuple(float_nodes)
+    if variant == "full_int8" and float_shape_math:
+        plain = converter.convert()  # all int8: finds the size arithmetic's tensor names
+        shape_nodes = tuple(n for n in shape_math_nodes(plain) if n not in float_nodes)
+        if not (shape_nodes or float_ops or float_nodes):
+            return plain
+        if shape_nodes:
+            log.info("full_int8: keeping the image-size arithmetic in float (%s)", ", ".join(shape_nodes))
+        float_nodes += shape_nodes
+        converter = make_converter(module, variant, fixed_size, representative_images, outputs)
     if float_ops or float_nodes:
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=_representative(representative_images, fixed_size),
@@ -71,6 +84,26 @@ def convert(module, variant, fixed_size=None, representative_images=None, output
                 denylisted_ops=list(float_ops) or None, denylisted_nodes=list(float_nodes) or None))
         return bytes(debugger.get_nondebug_quantized_model())
     return converter.convert()
+
+
+def shape_math_nodes(model_content):
+    """Output names of the quantized ops of a full-integer file that compute on sizes, not
+    on images: every int8/int16 op output of rank <= 1 (the activations of the networks
+    are rank 4; rank-1 tensors here are ``[height, width]`` vectors such as
+    ``floor(size * scale)`` of the scale chain, from ``fusion.scaled_size``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(model_content))
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    names = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        for index in op["outputs"]:
+            t = tensors.get(index)
+            if t is not None and t["dtype"] in (np.int8, np.int16) and len(t["shape"]) <= 1:
+                names.append(t["name"])
+    return sorted(set(names))
 
 
 def make_converter(module, variant, fixed_size=None, representative_images=None,
