@@ -209,10 +209,10 @@ def float_fallback_sweep(module, calibration_images, eval_set, latency_size, can
 
     workdir = workdir or tempfile.mkdtemp(prefix="hmsa_int8_sweep_")
     rows = []
+    quantizer = tflite.Int8Quantizer(module, calibration_images, outputs=outputs)  # calibrated once
 
     def run(float_ops):
-        content = tflite.convert(module, "full_int8", representative_images=calibration_images, outputs=outputs,
-                                 float_ops=float_ops)
+        content = quantizer.quantize(float_ops=float_ops)
         path = os.path.join(workdir, "sweep_" + ("_".join(float_ops) or "none") + ".tflite")
         with open(path, "wb") as f:
             f.write(content)

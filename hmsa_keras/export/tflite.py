@@ -66,24 +66,48 @@ def convert(module, variant, fixed_size=None, representative_images=None, output
         raise ValueError("full_int8 needs representative_images (calibration images)")
     if (float_ops or float_nodes) and variant != "full_int8":
         raise ValueError(f"float_ops/float_nodes apply to full_int8 only, not {variant!r}")
-    converter = make_converter(module, variant, fixed_size, representative_images, outputs)
-    float_nodes = tuple(float_nodes)
-    if variant == "full_int8" and float_shape_math:
-        plain = converter.convert()  # all int8: finds the size arithmetic's tensor names
-        shape_nodes = tuple(n for n in shape_math_nodes(plain) if n not in float_nodes)
-        if not (shape_nodes or float_ops or float_nodes):
-            return plain
-        if shape_nodes:
-            log.info("full_int8: keeping the image-size arithmetic in float (%s)", ", ".join(shape_nodes))
-        float_nodes += shape_nodes
-        converter = make_converter(module, variant, fixed_size, representative_images, outputs)
-    if float_ops or float_nodes:
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=_representative(representative_images, fixed_size),
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_ops=list(float_ops) or None, denylisted_nodes=list(float_nodes) or None))
-        return bytes(debugger.get_nondebug_quantized_model())
-    return converter.convert()
+    if variant == "full_int8":
+        return Int8Quantizer(module, representative_images, fixed_size, outputs).quantize(
+            float_ops, float_nodes, float_shape_math)
+    return make_converter(module, variant, fixed_size, representative_images, outputs).convert()
+
+
+class Int8Quantizer:
+    """Full-integer quantization with one calibration and any number of quantizations.
+
+    Calibration (running the float model on every representative image, the slow part) is
+    done once (``converter._experimental_calibrate_only``); :meth:`quantize` then applies
+    TensorFlow's MLIR quantizer (``tensorflow.lite.python.convert.mlir_quantize``, what
+    ``TFLiteConverter.convert`` and ``tf.lite.experimental.QuantizationDebugger`` call) with
+    op types / nodes kept in float, as the debugger's ``denylisted_ops``/``denylisted_nodes``
+    do, and with the converter's own interface types (uint8 input, float32 outputs), so the
+    quantizer's log names them correctly.
+    """
+
+    def __init__(self, module, representative_images, fixed_size=None, outputs=("classes", "probabilities")):
+        converter = make_converter(module, "full_int8", fixed_size, representative_images, outputs)
+        converter.experimental_new_quantizer = True
+        converter._experimental_calibrate_only = True
+        self.disable_per_channel = converter._experimental_disable_per_channel
+        self.calibrated = converter.convert()
+
+    def quantize(self, float_ops=(), float_nodes=(), float_shape_math=True):
+        """The ``.tflite`` bytes; see :func:`convert` for the arguments."""
+        from tensorflow.lite.python import convert as tfl_convert
+
+        def run(nodes):
+            return bytes(tfl_convert.mlir_quantize(
+                self.calibrated, self.disable_per_channel, input_data_type=tf.uint8, output_data_type=tf.float32,
+                denylisted_ops=list(float_ops) or None, denylisted_nodes=list(nodes) or None))
+
+        nodes = tuple(float_nodes)
+        content = run(nodes)
+        if float_shape_math:
+            shape_nodes = tuple(n for n in shape_math_nodes(content) if n not in nodes)
+            if shape_nodes:
+                log.info("full_int8: keeping the image-size arithmetic in float (%s)", ", ".join(shape_nodes))
+                content = run(nodes + shape_nodes)
+        return content
 
 
 def shape_math_nodes(model_content):
@@ -305,6 +329,6 @@ class TFLiteSegmenter:
         return {"classes": classes}
 
 
-__all__ = ["OUTPUT_SETS", "TFLiteSegmenter", "VARIANTS", "convert", "embed_metadata", "io_summary",
+__all__ = ["Int8Quantizer", "OUTPUT_SETS", "TFLiteSegmenter", "VARIANTS", "convert", "embed_metadata", "io_summary",
            "make_converter", "non_builtin_ops", "operator_codes", "read_metadata",
            "sidecar_path", "write_tflite"]
