@@ -411,3 +411,22 @@ def test_full_int8_keeps_the_size_arithmetic_in_float(module):
     image = _images((160, 200, 3), 23)  # larger than the calibration images
     ref = classes(tflite.convert(module, "float32"), image)
     assert np.mean(classes(fixed, image) == ref) >= np.mean(classes(plain, image) == ref)
+
+
+def test_hmsa_export_defaults_to_the_run_chain(model, tmp_path):
+    """hmsa-export without --scales exports the run's eval chain (config.json), like
+    hmsa-eval and hmsa-predict; the SavedModel lands in <output_dir>/<name>/<version>/."""
+    from hmsa_keras.cli import export as cli
+    from hmsa_keras.config import DataConfig
+    from tests.eval_helpers import write_folder_dataset, write_run_dir
+
+    write_folder_dataset(tmp_path / "data", sizes=((64, 64),), num_classes=TINY["num_classes"])
+    run = write_run_dir(tmp_path / "run", model, DataConfig(dataset="folder", data_dir=str(tmp_path / "data")),
+                        eval_scales=(0.5, 1.0))
+    out = tmp_path / "out"
+    assert cli.TOOL.invoke(cli.main, [f"--model_dir={run}", f"--output_dir={out}", "--variants=saved_model",
+                                      "--eval_images=0", "--latency_size=0", "--serving_version=2"]) == 0
+    with open(out / "hmsa" / "2" / S.METADATA_FILE) as f:
+        assert json.load(f)["scales"] == [0.5, 1.0]
+    with open(out / "export_report.json") as f:
+        assert json.load(f)["scales"] == [0.5, 1.0]
