@@ -239,6 +239,8 @@ class EvalConfig:
         None, "Tiled inference for images too large for memory: tile HxW (or one number).", kind="hw")
     tile_overlap: int = option(128, "Pixels shared by neighbouring tiles.", lower=0)
     tile_blend: str = option("gaussian", "How overlapping tiles are blended.", choices=TILE_BLENDS)
+    tflite: Optional[str] = option(None, "Evaluate this .tflite file instead of a Keras model (its chain and "
+                                   "classes come from the file's metadata).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,13 +279,36 @@ class ExportConfig:
     fixed_size: Optional[Tuple[int, int]] = option(
         None, "Also write fixed-input-size TFLite files of this HxW (GPU/NNAPI delegates need static "
         "shapes).", kind="hw")
-    calibration_images: int = option(200, "Training crops of the run's dataset used to calibrate "
+    calibration_images: int = option(32, "Training images of the run's dataset used to calibrate "
                                      "full_int8.", lower=1)
     eval_images: int = option(16, "Validation images for the agreement check (0: skip).", lower=0)
     latency_size: Optional[Tuple[int, int]] = option((512, 1024), "HxW at which latency is measured "
                                                      "('0': skip).", kind="hw")
     latency_runs: int = option(5, "Timed runs per artefact (the median is reported).", lower=1)
     threads: int = option(2, "LiteRT interpreter threads for the latency.", lower=1)
+    serving_name: str = option("hmsa", "TF Serving model name: the SavedModel goes to "
+                               "<output_dir>/<serving_name>/<serving_version>/.")
+    serving_version: int = option(1, "TF Serving version folder of the SavedModel (raise it to roll out a "
+                                  "new model under a running server).", lower=1)
+    warmup_size: Optional[Tuple[int, int]] = option(
+        None, "HxW of the image in the SavedModel's warm-up requests (assets.extra/tf_serving_warmup_requests; "
+        "default: --latency_size).", kind="hw")
+    tflite_outputs: str = option("classes_probabilities", "Outputs of the TFLite files: classes and "
+                                 "probabilities [1,H,W,K], or classes only.",
+                                 choices=("classes_probabilities", "classes"))
+    calibration_size: Optional[Tuple[int, int]] = option(
+        None, "HxW at which full_int8 is calibrated: full training images resized to it (default: "
+        "--latency_size, the deployment size).", kind="hw")
+    calibration_crops: bool = option(False, "Calibrate full_int8 on augmented training crops at the crop "
+                                     "size instead of full images at --calibration_size.")
+    float_ops: Optional[str] = option(None, "Comma-separated TFLite op types kept in float in full_int8 "
+                                      "(selective quantization), e.g. MUL,LOGISTIC; 'auto': chosen by a per-op "
+                                      "sweep (see --int8_target).")
+    int8_sweep: bool = option(False, "Also convert full_int8 once per op type with that type kept in float "
+                              "and report agreement and latency of each (int8_sweep.json).")
+    int8_target: float = option(0.97, "Agreement full_int8 should reach at the deployment size; with "
+                                "--float_ops=auto the op type whose float fallback helps most is kept in float "
+                                "when the all-int8 file misses it.", lower=0.0, upper=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

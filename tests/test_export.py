@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow  # subprocesses / training / export / benchmarks
 tf = pytest.importorskip("tensorflow")
 
 import hmsa_keras  # noqa: E402
-from tests.helpers.common import TINY as TINY_MODEL  # noqa: E402
 from hmsa_keras.data.normalization import normalize  # noqa: E402
 from hmsa_keras.export import saved_model as S  # noqa: E402
 from hmsa_keras.export import tflite  # noqa: E402
+from tests.helpers.common import TINY as TINY_MODEL  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = (0.5, 1.0)
@@ -118,7 +118,8 @@ def serving(saved_model_dir, tmp_path_factory):
 
 def test_saved_model_matches_keras_in_tensorflow_only_process(model, serving):
     images, out, info = serving
-    assert info["signatures"] == ["segment_with_scales", "serving_default", "with_details"]
+    assert info["signatures"] == ["segment_with_scales", "serving_default", "serving_encoded",
+                                  "serving_encoded_png", "with_details"]
     ref = model.segment(normalize(images), scales=SCALES, flip=True, return_details=True)
     classes = ref["classes"].numpy()
     probs = tf.nn.softmax(ref["logits"]).numpy()
@@ -140,11 +141,18 @@ def test_segment_with_scales_takes_the_chain_at_request_time(model, serving):
 
 
 def test_bad_inputs_fail_with_clear_errors(serving):
+    """The declared [None, None, None, 3] uint8 shape is checked by the client-side loaders;
+    TF Serving does not check fed shapes, so the graph's own assert must explain too."""
     errors = serving[2]["errors"]
     for what in ("channels", "rank"):
-        assert errors[what] and "`images` must be a 4-D uint8 batch [batch, height, width, 3]" in errors[what], \
+        assert errors[what] and "serving_default_images" in errors[what] and "(None, None, None, 3)" in errors[what], \
             errors[what]
     assert errors["dtype"] and "uint8" in errors["dtype"], errors["dtype"]
+    check = tf.function(S.check_images, input_signature=[tf.TensorSpec(None, tf.uint8)])
+    for bad in (np.zeros((1, 8, 8, 2), np.uint8), np.zeros((8, 8, 3), np.uint8), np.zeros((1, 0, 8, 3), np.uint8)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"`images` must be a 4-D uint8 batch"):
+            check(bad)
+    assert check(np.zeros((0, 0, 0, 3), np.uint8)).shape == (0, 0, 0, 3)  # an empty batch is fine
 
 
 def test_float32_tflite_dynamic_sizes_with_litert_alone(model, float32_tflite, tmp_path):
@@ -236,3 +244,189 @@ def test_mixed_precision_model_is_rebuilt_in_float32(model):
     for a, b in zip(rebuilt.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert S.as_float32(model) is model
+
+
+# ------------------------------------------------------------------ TFLite for apps, readers
+@pytest.fixture(scope="module")
+def app_files(module, tmp_path_factory):
+    """The float32 file with its metadata (embedded + sidecar), and a classes-only file."""
+    tmp = tmp_path_factory.mktemp("app")
+    full, _ = tflite.write_tflite(str(tmp / "hmsa_float32.tflite"), module, "float32",
+                                  tflite.convert(module, "float32"))
+    slim, _ = tflite.write_tflite(str(tmp / "hmsa_classes.tflite"), module, "float32",
+                                  tflite.convert(module, "float32", outputs=("classes",)))
+    return str(tmp / "hmsa_float32.tflite"), str(tmp / "hmsa_classes.tflite")
+
+
+def test_tflite_metadata_is_embedded_and_beside_the_file(module, app_files, float32_tflite):
+    from hmsa_keras.export.litert_runner import LiteRTSegmenter
+    from hmsa_keras.export.litert_runner import read_metadata as runner_read
+
+    path, _ = app_files
+    meta = tflite.read_metadata(path)
+    with open(tflite.sidecar_path(path)) as f:
+        assert json.load(f) == meta
+    assert runner_read(path) == meta  # the TF-free runner reads the same
+    os.remove(tflite.sidecar_path(path))
+    assert tflite.read_metadata(path) == meta  # from the flatbuffer itself
+    assert meta["scales"] == list(SCALES) and meta["flip"] is True and meta["num_classes"] == TINY["num_classes"]
+    assert meta["class_names"] == module.class_names and meta["normalization"]["inside_graph"]
+    assert meta["input"]["min_side"] == 16
+    assert meta["inputs"]["images"] == {"dtype": "uint8", "shape": [1, -1, -1, 3], "quantization": None}
+    assert set(meta["outputs"]) == {"classes", "probabilities"}
+    assert meta["outputs"]["probabilities"]["dtype"] == "float32"
+    # embedding changed nothing else: same outputs as the plain file
+    img = _images((40, 48, 3), 7)
+    a = LiteRTSegmenter(path).segment(img, probabilities=True)
+    b = LiteRTSegmenter(float32_tflite).segment(img, probabilities=True)
+    np.testing.assert_array_equal(a["classes"], b["classes"])
+    np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
+
+
+def test_classes_only_tflite(model, app_files):
+    from hmsa_keras.export.litert_runner import LiteRTSegmenter
+
+    path = app_files[1]
+    segmenter = LiteRTSegmenter(path)
+    assert set(segmenter.outputs) == {"classes"}
+    assert tflite.read_metadata(path)["outputs"] == {"classes": {"dtype": "int32", "shape": [1, -1, -1],
+                                                                 "quantization": None}}
+    with open(path, "rb") as f:
+        assert "SOFTMAX" not in tflite.operator_codes(f.read())
+    img = _images((48, 40, 3), 8)
+    ref = model.segment(normalize(img[None]), scales=SCALES, flip=True)["classes"][0].numpy()
+    assert np.mean(segmenter.segment(img)["classes"] == ref) >= 0.999
+
+
+def test_runner_input_contract(app_files, float32_tflite):
+    """Tiny images fail with the conventions' one-line message (metadata chain), or, for a
+    file without metadata, with a clear line instead of XNNPack's; empty batches are empty."""
+    from hmsa_keras import conventions
+    from hmsa_keras.export.litert_runner import LiteRTSegmenter
+
+    segmenter = LiteRTSegmenter(app_files[0])
+    with pytest.raises(ValueError) as err:
+        segmenter.segment(np.zeros((20, 50, 3), np.uint8), name="street.png")
+    assert str(err.value) == "street.png: " + conventions.min_size_problem(20, 50, SCALES)
+    assert segmenter.segment_batch(np.zeros((0, 67, 93, 3), np.uint8)).shape == (0, 67, 93)
+    batch = _images((2, 40, 48, 3), 9)
+    np.testing.assert_array_equal(segmenter.segment_batch(batch)[1], segmenter.segment(batch[1])["classes"])
+    with pytest.raises(ValueError, match="expected uint8"):
+        segmenter.segment(np.zeros((40, 40, 3), np.float32))
+    bare = LiteRTSegmenter(float32_tflite)  # no metadata: the chain is unknown
+    assert bare.metadata is None
+    with pytest.raises(ValueError, match=r"tiny.png: .* cannot run on an image of 2x2 \(HxW\)"):
+        bare.segment(np.zeros((2, 2, 3), np.uint8), name="tiny.png")
+    assert bare.segment(_images((40, 40, 3), 1))["classes"].shape == (40, 40)  # recovers after the error
+
+
+def test_full_int8_converter_log_names_the_uint8_input(module, capfd):
+    """The quantizer's log line names the interface type of float inputs; our input is
+    uint8 pixels and the converter is told so."""
+    calibration = [_images((48, 48, 3), 20)]
+    content = tflite.convert(module, "full_int8", representative_images=calibration)
+    out, err = capfd.readouterr()
+    assert "input_inference_type: UINT8" in out + err
+    assert "input_inference_type: FLOAT32" not in out + err
+    summary = tflite.io_summary(content)
+    assert summary["inputs"]["images"]["dtype"] == "uint8" and summary["inputs"]["images"]["quantization"] is None
+    assert summary["outputs"]["classes"]["dtype"] == "int32"
+
+
+def test_selective_quantization_keeps_chosen_ops_in_float(module):
+    from ai_edge_litert.interpreter import Interpreter
+
+    calibration = [_images((48, 48, 3), 21)]
+
+    def float_resizes(content):
+        it = Interpreter(model_content=content)
+        tensors = {d["index"]: d for d in it.get_tensor_details()}
+        kinds = set()
+        for op in it._get_ops_details():
+            if op["op_name"] == "RESIZE_BILINEAR":
+                kinds.add(np.dtype(tensors[op["outputs"][0]]["dtype"]).name)
+        return kinds
+
+    plain = tflite.convert(module, "full_int8", representative_images=calibration)
+    kept = tflite.convert(module, "full_int8", representative_images=calibration, float_ops=("RESIZE_BILINEAR",))
+    assert float_resizes(plain) == {"int8"}
+    assert float_resizes(kept) == {"float32"}
+    with pytest.raises(ValueError, match="full_int8 only"):
+        tflite.convert(module, "float32", float_ops=("RESIZE_BILINEAR",))
+
+
+def test_eval_reads_the_chain_from_exported_files(model, tmp_path, capsys):
+    """hmsa-eval --saved_model / --tflite: the chain comes from the file's metadata (the
+    label bug: a 0.5,1 export was reported as 0.5,1,2), and the mIoU table equals the
+    Keras model's on the same split."""
+    from hmsa_keras.cli import eval as cli
+    from hmsa_keras.config import DataConfig
+    from hmsa_keras.data import build_dataset
+    from hmsa_keras.evaluation import evaluate
+    from hmsa_keras.export import export_model
+    from tests.eval_helpers import write_folder_dataset
+
+    write_folder_dataset(tmp_path / "data", sizes=((64, 64), (64, 96), (48, 64)), num_classes=TINY["num_classes"])
+    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path / "data"), val_split="val")
+    export_model(model, str(tmp_path / "out"), scales=SCALES, flip=False, variants=("saved_model", "float32"),
+                 latency_size=None, warmup_size=(32, 32), echo=lambda line: None)
+    want = evaluate(model, build_dataset(cfg, "val", training=False, batch_size=1), TINY["num_classes"],
+                    chains=[SCALES])[0].metrics["miou"]
+    common = ["--dataset=folder", f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'eval'}"]
+    for flag in (f"--saved_model={tmp_path / 'out' / 'hmsa'}", f"--tflite={tmp_path / 'out' / 'hmsa_float32.tflite'}"):
+        assert cli.TOOL.invoke(cli.main, [flag, *common]) == 0
+        printed = capsys.readouterr().out
+        assert "scales 0.5,1: 3 images" in printed, printed
+        assert "0.5,1,2" not in printed
+        with open(tmp_path / "eval" / "metrics_s0.5-1.json") as f:
+            got = json.load(f)["miou"]
+        assert got == pytest.approx(want, abs=2e-3), flag
+
+
+def test_full_int8_keeps_the_size_arithmetic_in_float(module):
+    """The chain's scaled sizes (floor([H, W] * scale)) must not be int8 numbers: quantized,
+    they are off by pixels and clip at the calibration size (the int8 files agreed on 91% of
+    the pixels at 512x1024 when calibrated on 128-pixel crops)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    calibration = [_images((48, 48, 3), 22)]
+    plain = tflite.convert(module, "full_int8", representative_images=calibration, float_shape_math=False)
+    found = tflite.shape_math_nodes(plain)
+    assert found, "the all-int8 file quantizes the size arithmetic (what this guards against)"
+    fixed = tflite.convert(module, "full_int8", representative_images=calibration)
+    assert tflite.shape_math_nodes(fixed) == []
+    it = Interpreter(model_content=fixed)
+    assert any(np.dtype(d["dtype"]) == np.int8 and len(d["shape"]) == 4 for d in it.get_tensor_details())
+
+    def classes(content, image):
+        interpreter = Interpreter(model_content=content)
+        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], image[None].shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+        interpreter.invoke()
+        runner = interpreter.get_signature_runner()
+        index = runner.get_output_details()["classes"]["index"]
+        return interpreter.get_tensor(index)[0]
+
+    image = _images((160, 200, 3), 23)  # larger than the calibration images
+    ref = classes(tflite.convert(module, "float32"), image)
+    assert np.mean(classes(fixed, image) == ref) >= np.mean(classes(plain, image) == ref)
+
+
+def test_hmsa_export_defaults_to_the_run_chain(model, tmp_path):
+    """hmsa-export without --scales exports the run's eval chain (config.json), like
+    hmsa-eval and hmsa-predict; the SavedModel lands in <output_dir>/<name>/<version>/."""
+    from hmsa_keras.cli import export as cli
+    from hmsa_keras.config import DataConfig
+    from tests.eval_helpers import write_folder_dataset, write_run_dir
+
+    write_folder_dataset(tmp_path / "data", sizes=((64, 64),), num_classes=TINY["num_classes"])
+    run = write_run_dir(tmp_path / "run", model, DataConfig(dataset="folder", data_dir=str(tmp_path / "data")),
+                        eval_scales=(0.5, 1.0))
+    out = tmp_path / "out"
+    assert cli.TOOL.invoke(cli.main, [f"--model_dir={run}", f"--output_dir={out}", "--variants=saved_model",
+                                      "--eval_images=0", "--latency_size=0", "--serving_version=2"]) == 0
+    with open(out / "hmsa" / "2" / S.METADATA_FILE) as f:
+        assert json.load(f)["scales"] == [0.5, 1.0]
+    with open(out / "export_report.json") as f:
+        assert json.load(f)["scales"] == [0.5, 1.0]

@@ -43,21 +43,30 @@ def check_flags(opts: EvalConfig, train_cfg: TrainConfig):
     from hmsa_keras.conventions import parse_sweep
 
     model_dir = train_cfg.model_dir if TOOL.given("model_dir") else None
-    if not model_dir and not opts.saved_model:
-        raise usage("model_dir", "give --model_dir (training directory or .keras file) or --saved_model")
-    if model_dir and opts.saved_model:
-        raise usage("saved_model", "give either --model_dir or --saved_model, not both (pass --dataset/--data_dir "
-                    "for the data)")
-    if opts.saved_model and not os.path.isfile(os.path.join(opts.saved_model, "saved_model.pb")):
-        raise usage("saved_model", f"{opts.saved_model!r} is not a SavedModel directory (no saved_model.pb)")
+    given = [f for f, v in (("model_dir", model_dir), ("saved_model", opts.saved_model), ("tflite", opts.tflite)) if v]
+    if not given:
+        raise usage("model_dir", "give --model_dir (training directory or .keras file), --saved_model or --tflite")
+    if len(given) > 1:
+        raise usage(given[1], f"give one of --model_dir, --saved_model, --tflite, not {' and '.join(given)} "
+                    "(pass --dataset/--data_dir for the data)")
+    if opts.saved_model:
+        from hmsa_keras.export.saved_model import resolve_saved_model_dir
+
+        try:
+            resolve_saved_model_dir(opts.saved_model)
+        except FileNotFoundError as exc:
+            raise usage("saved_model", str(exc)) from None
+    if opts.tflite and not os.path.isfile(opts.tflite):
+        raise usage("tflite", f"{opts.tflite!r}: no such .tflite file")
+    exported = opts.saved_model or opts.tflite
     if model_dir:
         common.model_path_checked(model_dir)
     chains = None
     if opts.sweep is not None:
         if TOOL.given("eval_scales"):
             raise usage("sweep", "replaces --scales: give one or the other")
-        if opts.saved_model:
-            raise usage("sweep", "needs a Keras model (--model_dir): a SavedModel's chain is fixed at export")
+        if exported:
+            raise usage("sweep", "needs a Keras model (--model_dir): an exported file's chain is fixed at export")
         try:
             chains = parse_sweep(opts.sweep)
         except ValueError as exc:
@@ -70,7 +79,7 @@ def check_flags(opts: EvalConfig, train_cfg: TrainConfig):
         raise usage("strategy", "hmsa-eval runs on one machine: default or mirrored")
     if opts.tile_size and train_cfg.strategy != "default":
         raise usage("tile_size", "tiled evaluation runs on one replica: use --strategy=default")
-    if opts.tile_size and opts.saved_model:
+    if opts.tile_size and exported:
         raise usage("tile_size", "tiles need a Keras model (--model_dir)")
     if opts.tile_size and not 0 <= opts.tile_overlap < min(opts.tile_size):
         raise usage("tile_overlap", f"must be smaller than the tile ({opts.tile_overlap} >= {min(opts.tile_size)})")
@@ -112,15 +121,17 @@ def main(argv):
 
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
-        if opts.saved_model:
+        if opts.saved_model or opts.tflite:
             from hmsa_keras.export.saved_model import SavedModelSegmenter
+            from hmsa_keras.export.tflite import TFLiteSegmenter
 
-            model = SavedModelSegmenter(opts.saved_model)
+            flag = "saved_model" if opts.saved_model else "tflite"
+            model = SavedModelSegmenter(opts.saved_model) if opts.saved_model else TFLiteSegmenter(opts.tflite)
             if model.num_classes is not None and model.num_classes != info.num_classes:
-                raise app.UsageError(f"--saved_model predicts {model.num_classes} classes; dataset "
+                raise app.UsageError(f"--{flag} predicts {model.num_classes} classes; dataset "
                                      f"{data_cfg.dataset!r} has {info.num_classes}")
             if TOOL.given("eval_scales") or TOOL.given("eval_flip"):
-                log.warning("--scales/--flip are ignored: a SavedModel's chain was fixed at export")
+                log.warning("--scales/--flip are ignored: an exported file's chain was fixed at export")
             if model.scales is not None:
                 chains, flip = [model.scales], model.flip
         else:
@@ -135,7 +146,7 @@ def main(argv):
         raise app.UsageError(str(exc)) from None
     writer = CityscapesSubmissionWriter(opts.cityscapes_submission_dir, pairs) if pairs else None
     log.info("evaluating %s on %s/%s (%d classes), chain(s) %s, %d replica(s)%s",
-             opts.saved_model or model_dir, data_cfg.dataset, split, info.num_classes,
+             opts.saved_model or opts.tflite or model_dir, data_cfg.dataset, split, info.num_classes,
              "; ".join(chain_name(c, flip) for c in chains), strategy.num_replicas_in_sync if strategy else 1,
              f", tiles {opts.tile_size[0]}x{opts.tile_size[1]}" if opts.tile_size else "")
     try:

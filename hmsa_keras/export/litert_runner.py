@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """On-device segmentation with a ``.tflite`` file and LiteRT alone.
 
-Imports only numpy, Pillow and ``ai_edge_litert`` (no TensorFlow, no hmsa_keras), so this
-one file can be copied to a device. ``export/litert_runner.py`` in the repository is a
-link to it. Usage::
+Imports only numpy, Pillow and ``ai_edge_litert`` (no TensorFlow, no hmsa_keras), plus
+``image_io.py`` beside it (the image reader: EXIF orientation, 16-bit greyscale, L/LA/P/
+RGBA/CMYK), so these two files can be copied to a device. ``export/litert_runner.py`` in
+the repository is a link to it. Usage::
 
     python export/litert_runner.py model.tflite image.png --out out.png
     python export/litert_runner.py model.tflite a.png b.png --out outdir/ --raw
@@ -12,16 +13,23 @@ link to it. Usage::
 It handles models with a dynamic input size (the input tensor is resized to each image)
 and fixed-size ones (the image is resized to the model's size and the class map resized
 back, nearest), uint8 pixel inputs, int8/uint8-quantized inputs and outputs (quantized
-with the tensor's scale/zero point) and float inputs. Outputs: a colour PNG (``--raw``:
-the class ids as an 8-bit PNG; ``--overlay A``: blended over the image). Colours come
-from ``--labels`` or a ``labels.json`` beside the model (written by ``hmsa-export``:
-``{"names": [...], "colors": [[r, g, b], ...]}``), else a built-in palette.
+with the tensor's scale/zero point) and float inputs, and classes-only files.
+
+Input contract (the project's, ``hmsa_keras.conventions``): uint8 RGB ``[H, W, 3]``
+(``segment``) or ``[N, H, W, 3]`` (``segment_batch``; ``N = 0`` gives empty results);
+every side must be at least ``MIN_SIDE`` pixels at the smallest scale of the file's chain
+(read from its metadata), else ``ValueError`` with one line naming the image, its size and
+the scale. Outputs: a colour PNG (``--raw``: the class ids as an 8-bit PNG; ``--overlay
+A``: blended over the image). Class colours and names come from the metadata embedded in
+the file by ``hmsa-export`` (or its ``.metadata.json``, or ``--labels labels.json``), else
+a built-in palette.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -30,12 +38,30 @@ import time
 import numpy as np
 from PIL import Image
 
+# The project's minimum-size rule (hmsa_keras/conventions.py: MIN_SIDE, min_size_problem),
+# copied so that this file needs no hmsa_keras; a test checks the two agree.
+MIN_SIDE = 16
+
 # Cityscapes' 19 train-id colours, then a deterministic spread for more classes.
 _BASE_COLORS = [
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 ]
+METADATA_NAME = "hmsa_metadata"
+
+
+def min_size_problem(height, width, scales):
+    """None if ``height`` x ``width`` is at least MIN_SIDE pixels per side at every scale
+    (sizes ``floor(side * scale)``), else one line naming the size and the smallest scale."""
+    for s in sorted(scales):
+        h, w = int(math.floor(height * s)), int(math.floor(width * s))
+        if min(h, w) < MIN_SIDE:
+            need = math.ceil(MIN_SIDE / s)
+            return (f"image of {height}x{width} (HxW) is {h}x{w} at scale {s:g}: every side must be at "
+                    f"least {MIN_SIDE} pixels at every scale of the chain, i.e. at least {need} pixels "
+                    f"at scale {s:g}; use a larger image or drop scale {s:g}")
+    return None
 
 
 def default_palette():
@@ -45,12 +71,57 @@ def default_palette():
     return table
 
 
+def palette_of(colors):
+    table = default_palette()
+    if colors:
+        table[: len(colors)] = np.asarray(colors, np.uint8)[:256]
+    return table
+
+
 def load_palette(path):
     with open(path) as f:
-        colors = json.load(f)["colors"]
-    table = default_palette()
-    table[: len(colors)] = np.asarray(colors, np.uint8)
-    return table
+        return palette_of(json.load(f)["colors"])
+
+
+def read_metadata(model_path):
+    """The JSON metadata ``hmsa-export`` embeds in the flatbuffer (``metadata`` entry named
+    ``hmsa_metadata``), else ``<model>.metadata.json`` beside it, else None."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+
+        with open(model_path, "rb") as f:
+            root = schema.Model.GetRootAs(bytearray(f.read()), 0)
+        for i in range(root.MetadataLength()):
+            entry = root.Metadata(i)
+            name = entry.Name()
+            if (name.decode() if isinstance(name, bytes) else name) == METADATA_NAME:
+                return json.loads(root.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+    except (ImportError, OSError, ValueError):
+        pass
+    sidecar = (model_path[:-7] if model_path.endswith(".tflite") else model_path) + ".metadata.json"
+    if os.path.isfile(sidecar):
+        with open(sidecar) as f:
+            return json.load(f)
+    return None
+
+
+def _image_io():
+    """The TensorFlow-free image reader: the package's, or ``image_io.py`` beside this file."""
+    if __package__:
+        from . import image_io
+        return image_io
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.realpath(__file__)), "image_io.py")
+    spec = importlib.util.spec_from_file_location("hmsa_image_io", here)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_image(path):
+    """uint8 RGB ``[H, W, 3]``, EXIF orientation applied (``image_io.read_image``)."""
+    return _image_io().read_image(path)
 
 
 def make_interpreter(model_path, num_threads=2):
@@ -60,9 +131,15 @@ def make_interpreter(model_path, num_threads=2):
 
 
 class LiteRTSegmenter:
-    """Runs a segmentation ``.tflite`` model on single RGB images (numpy uint8 [H, W, 3])."""
+    """Runs a segmentation ``.tflite`` model on RGB images (numpy uint8 [H, W, 3]).
+
+    ``metadata``: the file's embedded metadata (None if it has none); its ``scales`` give
+    the minimum-size check, its ``colors`` the palette.
+    """
 
     def __init__(self, model_path, num_threads=2):
+        self.path = model_path
+        self.metadata = read_metadata(model_path)
         self.interpreter = make_interpreter(model_path, num_threads)
         inputs = self.interpreter.get_input_details()
         if len(inputs) != 1:
@@ -73,6 +150,7 @@ class LiteRTSegmenter:
             raise ValueError(f"{model_path}: input must be [1, H, W, 3], found {signature}")
         self.dynamic = any(int(d) < 0 for d in signature[1:3])
         self.fixed_size = None if self.dynamic else (int(signature[1]), int(signature[2]))
+        self.scales = tuple(self.metadata["scales"]) if self.metadata and self.metadata.get("scales") else None
         self.outputs = self._name_outputs()
         self._shape = None
 
@@ -93,12 +171,30 @@ class LiteRTSegmenter:
                 named["classes" if d["dtype"] == np.int32 else "probabilities"] = d
         return named
 
-    def _prepare(self, h, w):
+    def check_size(self, height, width, name="image"):
+        """Raises ValueError (one line: ``name``, its size, the scale) when an image of
+        ``height`` x ``width`` is below the minimum size for the file's chain. Fixed-size
+        files take any image (it is resized to the model's size)."""
+        if self.fixed_size:
+            return
+        if height < 1 or width < 1:
+            raise ValueError(f"{name}: empty image of {height}x{width} (HxW)")
+        problem = min_size_problem(height, width, self.scales) if self.scales else None
+        if problem:
+            raise ValueError(f"{name}: {problem}")
+
+    def _prepare(self, h, w, name="image"):
         shape = (1, h, w, 3)
         if self._shape != shape:
-            if self.dynamic:
-                self.interpreter.resize_tensor_input(self.input["index"], shape)
-            self.interpreter.allocate_tensors()
+            try:
+                if self.dynamic:
+                    self.interpreter.resize_tensor_input(self.input["index"], shape)
+                self.interpreter.allocate_tensors()
+            except RuntimeError as exc:  # e.g. "XNNPack delegate failed to reshape runtime"
+                self._shape = None
+                raise ValueError(f"{name}: {self.path} cannot run on an image of {h}x{w} (HxW) (LiteRT: "
+                                 f"{str(exc).splitlines()[0]}); images must be at least {MIN_SIDE} pixels "
+                                 "per side at the smallest scale of the chain") from None
             self._shape = shape
 
     def _feed(self, image):
@@ -117,16 +213,18 @@ class LiteRTSegmenter:
             return (value.astype(np.float32) - zero) * scale
         return value
 
-    def segment(self, image, probabilities=False):
-        """Returns ``{'classes': [H, W] int32}`` (+ ``'probabilities'`` [H, W, K] float32)."""
+    def segment(self, image, probabilities=False, name="image"):
+        """Returns ``{'classes': [H, W] int32}`` (+ ``'probabilities'`` [H, W, K] float32 when
+        asked for and the file has them). Raises ValueError for a bad or too small image."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+            raise ValueError(f"{name}: expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
+        self.check_size(h, w, name)
         x = image
         if self.fixed_size and (h, w) != self.fixed_size:
             x = np.asarray(Image.fromarray(image).resize(self.fixed_size[::-1], Image.BILINEAR))
-        self._prepare(*x.shape[:2])
+        self._prepare(*x.shape[:2], name=name)
         self.interpreter.set_tensor(self.input["index"], self._feed(x))
         self.interpreter.invoke()
         result = {}
@@ -144,9 +242,22 @@ class LiteRTSegmenter:
         result["classes"] = classes
         return result
 
+    def segment_batch(self, images, name="images"):
+        """int32 ``[N, H, W]`` class maps of a uint8 ``[N, H, W, 3]`` batch (one invoke per
+        image); ``N = 0`` returns ``[0, H, W]``."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{name}: expected a uint8 batch [N, H, W, 3] of RGB images, got "
+                             f"{images.dtype} {images.shape}")
+        if images.shape[0] == 0:
+            return np.zeros(images.shape[:3], np.int32)
+        self.check_size(images.shape[1], images.shape[2], name)
+        return np.stack([self.segment(img, name=f"{name}[{i}]")["classes"] for i, img in enumerate(images)])
+
     def benchmark(self, size, runs=10, warmup=2, seed=0):
         """Median and all latencies (seconds) of ``invoke`` at ``size`` = (h, w)."""
         h, w = self.fixed_size or size
+        self.check_size(h, w, f"benchmark size {h}x{w}")
         image = np.random.RandomState(seed).randint(0, 256, (h, w, 3)).astype(np.uint8)
         self._prepare(h, w)
         self.interpreter.set_tensor(self.input["index"], self._feed(image))
@@ -193,14 +304,21 @@ def main(argv=None):
     if not args.images:
         parser.error("give at least one image (or --benchmark HxW)")
     labels = args.labels or os.path.join(os.path.dirname(os.path.abspath(args.model)), "labels.json")
-    palette = load_palette(labels) if os.path.isfile(labels) else default_palette()
+    if args.labels or not (segmenter.metadata and segmenter.metadata.get("colors")):
+        palette = load_palette(labels) if os.path.isfile(labels) else default_palette()
+    else:
+        palette = palette_of(segmenter.metadata["colors"])
     many = len(args.images) > 1 or (args.out and (args.out.endswith(os.sep) or os.path.isdir(args.out)))
     if many and args.out:
         os.makedirs(args.out, exist_ok=True)
     for path in args.images:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        start = time.perf_counter()
-        classes = segmenter.segment(image)["classes"]
+        try:
+            image = read_image(path)
+            start = time.perf_counter()
+            classes = segmenter.segment(image, name=path)["classes"]
+        except ValueError as exc:
+            print(f"litert_runner: error: {exc}", file=sys.stderr)
+            return 1
         elapsed = time.perf_counter() - start
         stem = os.path.splitext(os.path.basename(path))[0]
         if not args.out:

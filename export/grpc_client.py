@@ -1,0 +1,1 @@
+../hmsa_keras/export/grpc_client.py

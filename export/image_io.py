@@ -1,0 +1,1 @@
+../hmsa_keras/export/image_io.py
