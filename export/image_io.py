@@ -1,1 +1,1 @@
-../hmsa_keras/export/image_io.py
+../hmsa_keras/image_io.py

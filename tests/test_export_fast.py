@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hmsa_keras import conventions
+from hmsa_keras import conventions, image_io
 from hmsa_keras.export import grpc_client as G
-from hmsa_keras.export import image_io, litert_runner
+from hmsa_keras.export import litert_runner
 from hmsa_keras.export import serving_client as REST
+from tests.conftest import REPO
 
 
 # ----------------------------------------------------------------------------- wire format
@@ -91,12 +92,22 @@ def test_rest_response_parsing():
 
 
 # ----------------------------------------------------------------------------- minimum size
-def test_runner_min_size_rule_is_the_conventions_rule():
-    assert litert_runner.MIN_SIDE == conventions.MIN_SIDE
-    for chain in ((0.5, 1.0), (0.5, 1.0, 2.0), (0.25, 0.75), (1.0,), (0.3, 1.7)):
-        for h in (1, 15, 16, 31, 32, 33, 53, 54, 64, 100):
-            for w in (1, 16, 32, 47, 64, 500):
-                assert litert_runner.min_size_problem(h, w, chain) == conventions.min_size_problem(h, w, chain)
+def test_runner_standalone_uses_the_conventions_rule(tmp_path):
+    """Copied to a folder without hmsa_keras importable, the runner loads the project's own
+    conventions.py and image_io.py from beside it (export/ holds links to them)."""
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("litert_runner.py", "conventions.py", "image_io.py"):
+        shutil.copy(REPO / "export" / name, tmp_path / name)  # copies the link targets
+    code = ("import sys; sys.modules['hmsa_keras'] = None; "  # as on a device without the package
+            "import litert_runner as r, conventions as c; "
+            "print(r.min_size_problem is c.min_size_problem, r.image_io.__file__)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "True" and str(tmp_path) in proc.stdout
+    assert litert_runner.min_size_problem is conventions.min_size_problem
 
 
 def test_saved_model_graph_message_is_the_conventions_message():
@@ -176,19 +187,20 @@ def test_encoded_bytes_are_the_file_only_when_tensorflow_reads_it_the_same(tmp_p
 
 
 def test_runner_reader_agrees_with_the_project_reader(tmp_path):
-    """The TensorFlow-free copy (export/image_io.py, used by the LiteRT runner and the
-    serving clients) and hmsa_keras.data.io.read_image agree on every mode."""
+    """The one pixel rule (hmsa_keras/image_io.py) as the LiteRT runner and the serving
+    clients load it standalone (the file beside them, export/image_io.py) and as the data
+    pipeline reads it (hmsa_keras.data.io.read_image) gives the same pixels on every mode."""
+    import importlib.util
+
     from hmsa_keras.data import io as data_io
 
+    beside = REPO / "export" / "image_io.py"
+    spec = importlib.util.spec_from_file_location("standalone_image_io", beside)
+    standalone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standalone)
     files = _mode_files(tmp_path)
-    try:
-        exif_applied = data_io.read_image(str(files["EXIF6"][0])).shape == (20, 12, 3)
-    except Exception:
-        exif_applied = False
-    if not exif_applied:
-        pytest.skip("hmsa_keras.data.io.read_image does not apply the EXIF orientation yet (the shared "
-                    "reader of issue 13 lands on branch `input`); this test runs once it does")
-    for mode, (path, _) in files.items():
+    for mode, (path, want) in files.items():
+        np.testing.assert_array_equal(standalone.read_image(path), want, err_msg=mode)
         np.testing.assert_array_equal(image_io.read_image(path), data_io.read_image(str(path)), err_msg=mode)
 
 

@@ -20,7 +20,7 @@ import hmsa_keras  # noqa: E402
 from hmsa_keras import conventions  # noqa: E402
 from hmsa_keras.data.normalization import normalize  # noqa: E402
 from hmsa_keras.export import grpc_client as G  # noqa: E402
-from hmsa_keras.export import image_io  # noqa: E402
+from hmsa_keras import image_io  # noqa: E402
 from hmsa_keras.export import saved_model as S  # noqa: E402
 from hmsa_keras.export import serving_client as REST  # noqa: E402
 from tests.helpers.common import TINY as TINY_MODEL  # noqa: E402

@@ -32,20 +32,13 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from hmsa_keras.data.labels import IGNORE, INVALID, DatasetInfo
+from hmsa_keras.image_io import ORIENTATIONS, SIXTEEN_BIT_MODES, exif_orientation, to_rgb, upright
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-EXIF_ORIENTATION = 0x0112
-# What each EXIF orientation value does to the stored pixels to show them upright.
-ORIENTATIONS = {
-    2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom",
-    5: "transposed (mirrored and rotated 90 degrees)", 6: "rotated 90 degrees clockwise",
-    7: "transversed (mirrored and rotated 90 degrees)", 8: "rotated 90 degrees counter-clockwise",
-}
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 LABEL_MODES = ("L", "P", "I") + SIXTEEN_BIT_MODES
 
 
@@ -126,59 +119,13 @@ def _open(path: str, what: str) -> Image.Image:
         raise DataError(f"{path}: {what} file is not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
-def exif_orientation(img: Image.Image, loaded: bool = True) -> int:
-    """The EXIF orientation (1..8) of an opened image, 1 when absent or invalid.
-
-    ``loaded=False`` reads only what the header already holds (JPEG/WebP/TIFF, a PNG eXIf
-    chunk before the pixel data) instead of decoding a PNG to find a late eXIf chunk."""
-    try:
-        if not loaded and img.format == "PNG":
-            raw = img.info.get("exif")
-            if not raw:
-                return 1
-            exif = Image.Exif()
-            exif.load(raw)
-        else:
-            exif = img.getexif()
-        value = int(exif.get(EXIF_ORIENTATION, 1))
-    except Exception:  # a broken EXIF block: PIL's viewers ignore it too
-        return 1
-    return value if value in ORIENTATIONS else 1
-
-
-def _upright(img: Image.Image) -> Tuple[Image.Image, int]:
-    orientation = exif_orientation(img)
-    if orientation == 1:
-        return img, 1
-    return ImageOps.exif_transpose(img), orientation
-
-
 def pil_to_rgb(img: Image.Image, path: str = "<image>"
                ) -> Tuple[np.ndarray, Optional[Tuple[int, int]]]:
-    """The image rule (module docstring) on an opened, upright PIL image.
-
-    Returns (RGB uint8 ``[H, W, 3]``, (min, max) of the stored values for 16/32-bit grey or
-    None). Raises DataError naming ``path`` for float images and 32-bit values outside
-    0..65535."""
-    if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
-        values = np.asarray(img)
-        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        if lo < 0 or hi > 65535:
-            raise DataError(f"{path}: 32-bit integer image (mode {img.mode}) with values "
-                            f"{lo}..{hi}, outside 0..65535: its range is ambiguous; convert it to "
-                            "8-bit RGB first")
-        grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1), (lo, hi)
-    if img.mode == "F":
-        raise DataError(f"{path}: 32-bit float image (mode F): its range is ambiguous; convert it "
-                        "to "
-                        "8-bit RGB first")
+    """:func:`hmsa_keras.image_io.to_rgb` with its refusals as :class:`DataError`."""
     try:
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        return to_rgb(img, path)
     except ValueError as exc:
-        raise DataError(f"{path}: image mode {img.mode!r} cannot be converted to RGB "
-                        f"({exc})") from None
-    return np.asarray(rgb), None
+        raise DataError(str(exc)) from None
 
 
 def read_image_with_notes(path: str) -> Tuple[np.ndarray, FileNotes]:
@@ -187,8 +134,8 @@ def read_image_with_notes(path: str) -> Tuple[np.ndarray, FileNotes]:
         try:
             img.load()
             mode, stored = img.mode, (img.size[1], img.size[0])
-            upright, orientation = _upright(img)
-            arr, value_range = pil_to_rgb(upright, path)
+            shown, orientation = upright(img)
+            arr, value_range = pil_to_rgb(shown, path)
         except DataError:
             raise
         except Exception as exc:
@@ -216,8 +163,8 @@ def read_label_with_notes(path: str) -> Tuple[np.ndarray, FileNotes]:
                     f"{path}: label file has mode {mode!r}; expected a single-channel "
                     "8/16-bit or palette PNG holding class ids (colour-coded labels are not supported)"
                 )
-            upright, orientation = _upright(img)
-            arr = np.asarray(upright)
+            shown, orientation = upright(img)
+            arr = np.asarray(shown)
             if mode not in ("L", "P"):
                 arr = arr.astype(np.int32)
         except DataError:

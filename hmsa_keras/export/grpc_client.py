@@ -29,6 +29,12 @@ import sys
 
 import numpy as np
 
+try:  # inside the package: the project's own modules
+    from hmsa_keras import image_io
+except ImportError:  # copied to a device without hmsa_keras: the copies beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import image_io  # noqa: E402
+
 # tensorflow/core/framework/types.proto
 DTYPES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.uint8): 4,
           np.dtype(np.int16): 5, np.dtype(np.int8): 6, np.dtype(np.int64): 9, np.dtype(np.bool_): 10,
@@ -291,20 +297,6 @@ def decode_class_png(data: bytes) -> np.ndarray:
         return np.asarray(image).astype(np.int32)
 
 
-def _image_io():
-    """The TensorFlow-free image reader: the package's, or ``image_io.py`` beside this file."""
-    if __package__:
-        from . import image_io
-        return image_io
-    import importlib.util
-
-    here = os.path.join(os.path.dirname(os.path.realpath(__file__)), "image_io.py")
-    spec = importlib.util.spec_from_file_location("hmsa_image_io", here)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image", help="image file to segment (PNG/JPEG/...)")
@@ -316,7 +308,6 @@ def main(argv=None):
     parser.add_argument("--out", help="write the class map here (8-bit PNG of class ids)")
     args = parser.parse_args(argv)
 
-    image_io = _image_io()
     client = PredictionClient(f"{args.host}:{args.port}", args.model)
     if args.signature.startswith("serving_encoded"):
         classes = client.segment(image_io.image_bytes(args.image), args.signature)

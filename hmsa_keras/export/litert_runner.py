@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """On-device segmentation with a ``.tflite`` file and LiteRT alone.
 
-Imports only numpy, Pillow and ``ai_edge_litert`` (no TensorFlow, no hmsa_keras), plus
-``image_io.py`` beside it (the image reader: EXIF orientation, 16-bit greyscale, L/LA/P/
-RGBA/CMYK), so these two files can be copied to a device. ``export/litert_runner.py`` in
-the repository is a link to it. Usage::
+Imports only numpy, Pillow and ``ai_edge_litert`` (no TensorFlow), plus the project's
+``image_io.py`` (the image reader: EXIF orientation, 16-bit greyscale, L/LA/P/RGBA/CMYK) and
+``conventions.py`` (the minimum-size rule): from the installed package, or, on a device
+without it, the copies beside this file (``cp export/*.py`` copies all three: in the
+repository, ``export/`` holds links to them). Usage::
 
     python export/litert_runner.py model.tflite image.png --out out.png
     python export/litert_runner.py model.tflite a.png b.png --out outdir/ --raw
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -38,9 +38,15 @@ import time
 import numpy as np
 from PIL import Image
 
-# The project's minimum-size rule (hmsa_keras/conventions.py: MIN_SIDE, min_size_problem),
-# copied so that this file needs no hmsa_keras; a test checks the two agree.
-MIN_SIDE = 16
+try:  # inside the package: the project's own modules
+    from hmsa_keras import conventions, image_io
+except ImportError:  # copied to a device without hmsa_keras: the copies beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import conventions  # noqa: E402
+    import image_io  # noqa: E402
+
+MIN_SIDE = conventions.MIN_SIDE
+min_size_problem = conventions.min_size_problem
 
 # Cityscapes' 19 train-id colours, then a deterministic spread for more classes.
 _BASE_COLORS = [
@@ -49,19 +55,6 @@ _BASE_COLORS = [
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 ]
 METADATA_NAME = "hmsa_metadata"
-
-
-def min_size_problem(height, width, scales):
-    """None if ``height`` x ``width`` is at least MIN_SIDE pixels per side at every scale
-    (sizes ``floor(side * scale)``), else one line naming the size and the smallest scale."""
-    for s in sorted(scales):
-        h, w = int(math.floor(height * s)), int(math.floor(width * s))
-        if min(h, w) < MIN_SIDE:
-            need = math.ceil(MIN_SIDE / s)
-            return (f"image of {height}x{width} (HxW) is {h}x{w} at scale {s:g}: every side must be at "
-                    f"least {MIN_SIDE} pixels at every scale of the chain, i.e. at least {need} pixels "
-                    f"at scale {s:g}; use a larger image or drop scale {s:g}")
-    return None
 
 
 def default_palette():
@@ -105,23 +98,9 @@ def read_metadata(model_path):
     return None
 
 
-def _image_io():
-    """The TensorFlow-free image reader: the package's, or ``image_io.py`` beside this file."""
-    if __package__:
-        from . import image_io
-        return image_io
-    import importlib.util
-
-    here = os.path.join(os.path.dirname(os.path.realpath(__file__)), "image_io.py")
-    spec = importlib.util.spec_from_file_location("hmsa_image_io", here)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def read_image(path):
     """uint8 RGB ``[H, W, 3]``, EXIF orientation applied (``image_io.read_image``)."""
-    return _image_io().read_image(path)
+    return image_io.read_image(path)
 
 
 def make_interpreter(model_path, num_threads=2):

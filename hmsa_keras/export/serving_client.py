@@ -35,6 +35,12 @@ import urllib.request
 
 import numpy as np
 
+try:  # inside the package: the project's own modules
+    from hmsa_keras import image_io
+except ImportError:  # copied to a device without hmsa_keras: the copies beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import image_io  # noqa: E402
+
 ENCODED_SIGNATURES = ("serving_encoded_png", "serving_encoded")
 TENSOR_SIGNATURES = ("serving_default", "with_details")
 
@@ -127,20 +133,6 @@ def predict_encoded(url, data, signature="serving_encoded_png", timeout=300):
     return post(url, build_encoded_request(data, signature), timeout)[0]
 
 
-def _image_io():
-    """The TensorFlow-free image reader: the package's, or ``image_io.py`` beside this file."""
-    if __package__:
-        from . import image_io
-        return image_io
-    import importlib.util
-
-    here = os.path.join(os.path.dirname(os.path.realpath(__file__)), "image_io.py")
-    spec = importlib.util.spec_from_file_location("hmsa_image_io", here)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image", nargs="?", help="image file to segment")
@@ -162,7 +154,6 @@ def main(argv=None):
         return 0
     if not args.image:
         parser.error("give an image (or --status)")
-    image_io = _image_io()
     scales = [float(s) for s in args.scales.split(",")] if args.scales else None
     if args.signature in ENCODED_SIGNATURES and scales is None:
         outputs, sent, received = post(base + ":predict",

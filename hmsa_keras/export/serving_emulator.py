@@ -246,7 +246,7 @@ def measure(path, image, rounds=5, name="hmsa"):
 
     import tensorflow as tf
 
-    from hmsa_keras.export import image_io
+    from hmsa_keras import image_io
     from hmsa_keras.export import serving_client as REST
 
     png = image_io.encode_png(image)

@@ -1,0 +1,1 @@
+../hmsa_keras/conventions.py
