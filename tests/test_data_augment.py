@@ -155,7 +155,7 @@ def test_pre_size_reaches_the_training_stream():
     config = DataConfig(synthetic_train_size=4, synthetic_image_size=(96, 128), crop_size=(64, 64),
                         scale_min=1.0, scale_max=1.0, color_jitter=0.0)
     _, plain = next(iter(build_dataset(config, "train", training=True, batch_size=2)))
-    config.pre_size = 32  # DataConfig.pre_size (the config field is added with the flag schema)
+    config = dataclasses.replace(config, pre_size=32)
     _, small = next(iter(build_dataset(config, "train", training=True, batch_size=2)))
     assert (plain.numpy() == 255).sum() == 0
     assert ((small.numpy() != 255).sum(axis=(1, 2)) == 24 * 32).all()  # 96x128 -> 24x32
@@ -170,7 +170,7 @@ def test_eval_upscale_resizes_to_exactly_the_long_edge():
     assert y.shape == (32, 40)
     config = DataConfig(dataset="synthetic", synthetic_val_size=2, synthetic_image_size=(48, 64),
                         eval_long_edge=96)
-    config.eval_upscale = True  # DataConfig.eval_upscale (added with the flag schema)
+    config = dataclasses.replace(config, eval_upscale=True)
     images, labels = next(iter(build_dataset(config, "val", training=False, batch_size=1)))
     assert images.shape[1:3] == (72, 96) and labels.shape[1:3] == (72, 96)
 

@@ -93,8 +93,12 @@ def min_size_message(height, width, scale, name="images"):
     int32 ``height``/``width`` and a float32 ``scale`` (the smallest of the chain); sizes at
     a scale are ``floor(side * scale)`` in float32, as the models compute them."""
     hw = tf.cast(tf.stack([height, width]), tf.float32)
-    scaled = tf.cast(tf.floor(hw * scale), tf.int32)
-    need = tf.cast(tf.math.ceil(conventions.MIN_SIDE / scale), tf.int32)
+    scaled = tf.maximum(tf.cast(tf.floor(hw * scale), tf.int32), 1)  # conventions.scaled_side
+    # conventions.min_input_side: the first side among ceil(MIN / s) - 1 .. + 1 that reaches MIN
+    first = tf.math.ceil(conventions.MIN_SIDE / scale) - 1.0
+    candidates = tf.maximum(first + tf.constant([0.0, 1.0, 2.0]), 1.0)
+    reaches = tf.floor(candidates * scale) >= conventions.MIN_SIDE
+    need = tf.cast(tf.gather(candidates, tf.argmax(tf.cast(reaches, tf.int32))), tf.int32)
     s = _g(scale)
     return tf.strings.join([
         name, ": image of ", tf.strings.as_string(height), "x", tf.strings.as_string(width),
@@ -109,7 +113,7 @@ def check_min_size(images, scales, name="images"):
     batches pass. Returns ``images`` (after the assert)."""
     shape = tf.shape(images)
     scale = tf.reduce_min(tf.cast(tf.reshape(scales, [-1]), tf.float32))
-    scaled = tf.cast(tf.floor(tf.cast(shape[1:3], tf.float32) * scale), tf.int32)
+    scaled = tf.maximum(tf.cast(tf.floor(tf.cast(shape[1:3], tf.float32) * scale), tf.int32), 1)
     ok = tf.logical_or(tf.equal(shape[0], 0), tf.reduce_min(scaled) >= conventions.MIN_SIDE)
     # the message is built only when the check fails (tf.cond), it costs nothing otherwise
     message = tf.cond(ok, lambda: tf.constant(""), lambda: min_size_message(shape[1], shape[2], scale, name))
