@@ -150,26 +150,12 @@ def _classes_of(out):
 
 
 def segment_chains(model, images, chains: Sequence[Chain], flip: bool = False):
-    """Fused logits (or class maps for models that give only classes) for each chain.
-
-    For an :class:`HMSA` model (anything with ``run_scales`` and ``fusion``) each scale of
-    the union of ``chains`` runs once and every chain is fused from the shared outputs,
-    exactly as ``model.segment`` would; other models get one ``segment`` call per chain.
-    Returns a list of class maps ``[B, H, W]`` int32, one per chain.
-    """
-    import tensorflow as tf
-
-    from hmsa_keras.models import fusion as F
-
-    if len(chains) == 1 or not (hasattr(model, "run_scales") and hasattr(model, "fusion")):
-        return [_classes_of(model.segment(images, scales=c, flip=flip)) for c in chains]
-    union = sorted(set(s for c in chains for s in c))
-    size = tf.shape(images)[1:3]
-
-    outputs = model.run_scales(images, union)
-    mirrored = model.run_scales(tf.reverse(images, axis=[2]), union) if flip else None
-    logits = [F.fuse_chain(outputs, c, model.fusion, size, mirrored) for c in chains]
-    return [tf.argmax(x, axis=-1, output_type=tf.int32) for x in logits]
+    """Class maps ``[B, H, W]`` int32, one per chain: :meth:`HMSA.segment_chains` (each scale
+    of the union of ``chains`` runs once) for models that have it, else one ``segment``
+    call per chain (e.g. :class:`SavedModelSegmenter`)."""
+    if hasattr(model, "segment_chains"):
+        return [out["classes"] for out in model.segment_chains(images, chains, flip=flip)]
+    return [_classes_of(model.segment(images, scales=c, flip=flip)) for c in chains]
 
 
 # ------------------------------------------------------------------------- evaluation

@@ -139,5 +139,5 @@ def test_segment_details_and_training_call(tiny_model):
     for a in out["attention"].values():
         assert a.shape == (2, 64, 80, 1) and float(tf.reduce_min(a)) >= 0 and float(tf.reduce_max(a)) <= 1
     # the training call is the 0.5/1.0 hierarchical fusion
-    np.testing.assert_allclose(tiny_model(image).numpy(),
+    np.testing.assert_allclose(tiny_model(image)["logits"].numpy(),
                                tiny_model.segment(image, scales=(0.5, 1.0))["logits"].numpy(), atol=1e-5)

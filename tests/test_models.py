@@ -74,16 +74,16 @@ def test_save_reload_keras_and_weights_identical(tmp_path, fusion):
     scales = (0.5, 1.0, 2.0) if fusion == "explicit" else (0.5, 1.0)
     model = HMSA(3, fusion=fusion, train_scales=scales, **TINY)
     x = np.random.default_rng(0).normal(size=(1, 48, 64, 3)).astype("float32")
-    ref = model(x).numpy()
+    ref = model(x)["logits"].numpy()
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(loaded(x).numpy(), ref)
+    np.testing.assert_array_equal(loaded(x)["logits"].numpy(), ref)
     assert loaded.get_config() == model.get_config()
     model.save_weights(tmp_path / "m.weights.h5")
     other = HMSA.from_config(model.get_config())
-    assert np.abs(other(x).numpy() - ref).max() > 0  # fresh weights differ...
+    assert np.abs(other(x)["logits"].numpy() - ref).max() > 0  # fresh weights differ...
     other.load_weights(tmp_path / "m.weights.h5")
-    np.testing.assert_array_equal(other(x).numpy(), ref)  # ...until loaded
+    np.testing.assert_array_equal(other(x)["logits"].numpy(), ref)  # ...until loaded
 
 
 def test_load_model_from_training_dir(tmp_path, tiny_model):
@@ -92,7 +92,7 @@ def test_load_model_from_training_dir(tmp_path, tiny_model):
     tiny_model.save(tmp_path / "best.keras")
     loaded = hmsa_keras.load_model(str(tmp_path))
     x = np.zeros((1, 32, 32, 3), "float32")
-    np.testing.assert_array_equal(loaded(x).numpy(), tiny_model(x).numpy())
+    np.testing.assert_array_equal(loaded(x)["logits"].numpy(), tiny_model(x)["logits"].numpy())
 
 
 def test_segment_image_api(tiny_model):
@@ -122,13 +122,15 @@ def test_freeze_groups(tiny_model):
     (dict(output_stride=32), r"output_stride must be one of \(8, 16\)"),
     (dict(weights="/nonexistent/w.h5"), "does not exist"),
     (dict(fusion="sum"), "fusion must be one of"),
-    (dict(train_scales=()), "must not be empty"),
-    (dict(train_scales=(0.0, 1.0)), "every scale must be > 0"),
+    (dict(train_scales=()), "train_scales: empty scale chain"),
+    (dict(train_scales=(0.0, 1.0)), "train_scales: every scale must be a finite number > 0"),
+    (dict(train_scales=(0.5, float("inf"))), "finite"),
+    (dict(num_classes=256), "at most 255"),
     (dict(attention_head="mlp"), "attention_head must be one of"),
 ])
 def test_bad_arguments_say_what_is_allowed(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        HMSA(3, **{**TINY, **kwargs})
+        HMSA(**{"num_classes": 3, **TINY, **kwargs})
 
 
 def test_wrong_weights_file(tmp_path):
@@ -140,7 +142,7 @@ def test_wrong_weights_file(tmp_path):
 
 def test_bad_inference_scales(tiny_model):
     x = np.zeros((1, 32, 32, 3), "float32")
-    with pytest.raises(ValueError, match="must not be empty"):
+    with pytest.raises(ValueError, match="empty scale chain"):
         tiny_model.segment(x, scales=())
     with pytest.raises(ValueError, match="> 0"):
         tiny_model.segment(x, scales=(-0.5, 1.0))
@@ -152,7 +154,7 @@ def test_build_model_rejects_unknown_option():
 
 
 def test_too_small_image_names_the_scale(tiny_model):
-    with pytest.raises(ValueError, match="24x24 is 12x12 at scale 0.5.*at least 16 pixels"):
+    with pytest.raises(ValueError, match=r"images: image of 24x24 \(HxW\) is 12x12 at scale 0.5.*at least 16"):
         tiny_model.segment(np.zeros((1, 24, 24, 3), "float32"), scales=(0.5, 1.0))
     with pytest.raises(ValueError, match=r"\[batch, height, width, 3\]"):
         tiny_model.segment(np.zeros((24, 24, 3), "float32"), scales=(1.0,))

@@ -1,4 +1,7 @@
-"""Model family: trunks, heads, the single-scale segmenter, fusion and the HMSA model."""
+"""Model family: trunks, heads, the single-scale segmenter, fusion and the HMSA model.
+
+Backend-agnostic Keras 3 (TensorFlow, JAX): importing it does not import TensorFlow.
+"""
 
 from hmsa_keras.models.hmsa import HMSA, validate_scales
 from hmsa_keras.models.segmenter import build_segmenter
