@@ -6,6 +6,7 @@ import pytest
 import hmsa_keras
 from hmsa_keras.models import HMSA, build_trunk
 from tests.conftest import TINY
+from tests.model_harness import run_standard_checks
 
 
 def _dilations(trunk_model):
@@ -70,20 +71,27 @@ def test_trunk_batchnorm_momentum_is_set():
 
 @pytest.mark.parametrize("fusion", ["hierarchical", "explicit", "mean", "max", "single"])
 def test_save_reload_keras_and_weights_identical(tmp_path, fusion):
-    import keras
+    """The shared harness: config round trip, .keras and weights-file round trips."""
     scales = (0.5, 1.0, 2.0) if fusion == "explicit" else (0.5, 1.0)
-    model = HMSA(3, fusion=fusion, train_scales=scales, **TINY)
     x = np.random.default_rng(0).normal(size=(1, 48, 64, 3)).astype("float32")
-    ref = model(x)["logits"].numpy()
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(loaded(x)["logits"].numpy(), ref)
-    assert loaded.get_config() == model.get_config()
-    model.save_weights(tmp_path / "m.weights.h5")
-    other = HMSA.from_config(model.get_config())
-    assert np.abs(other(x)["logits"].numpy() - ref).max() > 0  # fresh weights differ...
-    other.load_weights(tmp_path / "m.weights.h5")
-    np.testing.assert_array_equal(other(x)["logits"].numpy(), ref)  # ...until loaded
+    model = run_standard_checks(lambda: HMSA(3, fusion=fusion, train_scales=scales, aux_head=fusion == "mean",
+                                             **TINY), x, tmp_path)
+    assert model.get_config()["train_scales"] == list(scales if fusion != "single" else (1.0,))
+
+
+def test_every_constructor_argument_is_in_the_config():
+    import inspect
+
+    names = [p for p in inspect.signature(HMSA.__init__).parameters if p not in ("self", "kwargs")]
+    config = HMSA(3, **TINY).get_config()
+    assert set(names) <= set(config), set(names) - set(config)
+    assert "ignore_label" not in config
+
+
+def test_config_saved_before_ignore_label_was_dropped_still_loads():
+    config = HMSA(3, **TINY).get_config()
+    old = dict(config, ignore_label=255)
+    assert HMSA.from_config(old).get_config() == config
 
 
 def test_load_model_from_training_dir(tmp_path, tiny_model):
