@@ -21,8 +21,9 @@ its ratio to the first pair's.
 parity: the first pair builds the model (seed 0), saves its weights and the gradients of
 the training loss on a fixed batch (TensorFlow: ``compute_loss_terms`` under a tape;
 JAX: ``compute_loss_and_updates`` under ``jax.value_and_grad``, as ``fit`` does); every
-other pair loads those weights and prints the largest per-variable relative difference
-``|g - g_ref| / |g_ref|`` (norms) and the loss difference.
+other pair loads those weights and prints the loss difference and the gradients'
+relative differences: of the whole gradient, and per variable ``|g - g_ref| / |g_ref|``
+(norms) for the variables whose gradient is at least 1e-3 of the largest.
 """
 
 from __future__ import annotations
@@ -270,17 +271,18 @@ def parity(args):
     for label in labels[1:]:
         other = results[label]
         assert list(other["names"]) == list(ref["names"]), "variables differ"
-        rel = [
-            np.linalg.norm(other[f"g{i}"] - ref[f"g{i}"]) / max(np.linalg.norm(ref[f"g{i}"]), 1e-30)
-            for i in range(n)
-        ]
-        worst = int(np.argmax(rel))
+        diffs = [np.linalg.norm(other[f"g{i}"] - ref[f"g{i}"]) for i in range(n)]
+        norms = np.array([np.linalg.norm(ref[f"g{i}"]) for i in range(n)])
+        rel = np.array(diffs) / np.maximum(norms, 1e-30)
+        big = norms >= 1e-3 * norms.max()  # the others are zero but for rounding
+        worst = int(np.argmax(np.where(big, rel, -1.0)))
+        total = np.sqrt(np.sum(np.square(diffs)) / np.sum(np.square(norms)))
         loss, ref_loss = float(other["loss"]), float(ref["loss"])
         print(
             f"{label} vs {labels[0]}: loss {loss:.8f} vs {ref_loss:.8f} "
-            f"(rel {abs(loss / ref_loss - 1):.2e}); gradients: max relative "
-            f"difference {rel[worst]:.2e} ({ref['names'][worst]}), median {np.median(rel):.2e}, "
-            f"over {n} variables"
+            f"(rel {abs(loss / ref_loss - 1):.2e}); gradients: whole {total:.2e}, per variable "
+            f"max {rel[worst]:.2e} ({ref['names'][worst]}), median {np.median(rel[big]):.2e} "
+            f"over the {int(big.sum())} of {n} variables with a gradient >= 1e-3 of the largest"
         )
 
 

@@ -124,8 +124,11 @@ def test_same_weights_same_outputs_under_tensorflow_and_jax(runs):
     flip) and attention agree within 1e-5 of their range (largest |value|); class maps agree
     wherever the top two logits are more than 1e-4 apart."""
     tf_out, jax_out, _ = runs
-    keys = [k for k in tf_out if k.split("/")[0] in ("scale", "chain", "call")
-            and not k.endswith("/classes")]
+    keys = [
+        k
+        for k in tf_out
+        if k.split("/")[0] in ("scale", "chain", "call") and not k.endswith("/classes")
+    ]
     assert len(keys) >= 3 * 3 + 3 * 1 + 6 + 1
     for key in keys:
         a, b = tf_out[key], jax_out[key]
@@ -248,6 +251,23 @@ def test_keras_file_saved_under_jax_loads_under_tensorflow(runs):
     )
     agreement = {row["variant"]: row["agreement"] for row in report["artefacts"]}
     assert agreement["saved_model"] == 1.0 and agreement["float32"] >= 0.999, agreement
+
+
+def test_evaluate_under_jax_reports_the_miou_of_its_predictions(runs):
+    """model.evaluate under JAX: the metric's confusion matrix is that of the argmax of the
+    model's fused logits (computed here in NumPy) and its mIoU is compute_metrics'."""
+    from hmsa_keras.metrics import compute_metrics
+
+    _, jax_out, _ = runs
+    _, labels = _batch()
+    classes = np.argmax(jax_out["trained/call/logits"], axis=-1)
+    valid = (labels >= 0) & (labels < NUM_CLASSES)
+    want = np.zeros((NUM_CLASSES, NUM_CLASSES))
+    np.add.at(want, (labels[valid], classes[valid]), 1)
+    np.testing.assert_array_equal(jax_out["evaluate_matrix"], want)
+    logs = json.loads(str(jax_out["evaluate_logs"]))
+    assert {"loss", "fused", "aux", "scale_0.5", "scale_1", "miou"} <= set(logs)
+    np.testing.assert_allclose(logs["miou"], compute_metrics(want)["miou"], rtol=1e-6)
 
 
 def test_importing_the_package_under_jax_does_not_import_tensorflow():

@@ -9,7 +9,8 @@
 2. one ``model.fit`` step: the training loss on the batch before and after; then two
    ``fit`` steps on the TensorFlow-free ``SegmentationPyDataset``; saves the trained model
    as OUT_DIR/jax_trained.keras with its outputs;
-3. ``hmsa_keras.build_model`` from scratch (its parameter count);
+3. ``model.evaluate`` (loss terms, mIoU); ``hmsa_keras.build_model`` from scratch (its
+   parameter count);
 4. checks that no TensorFlow module was imported, and records the phases' times.
 Writes OUT_DIR/jax.npz and prints one JSON line of timings.
 """
@@ -175,6 +176,11 @@ def main(model_path, batch_path, out_dir):
     model.save(os.path.join(out_dir, "jax_trained.keras"))
     outputs(x, "trained/", out)
     lap("save_trained")
+    # evaluate: the loss terms and the mIoU of the confusion-matrix metric (int32 counts here)
+    logs = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    out["evaluate_logs"] = json.dumps({k: float(v) for k, v in logs.items()})
+    out["evaluate_matrix"] = np.asarray(model.miou_metric.matrix())
+    lap("evaluate")
 
     out["fresh_params"] = hmsa_keras.build_model(num_classes=4, **TINY).count_params()
     lap("fresh_build")
