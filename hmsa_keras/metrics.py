@@ -1,9 +1,15 @@
 """Segmentation metrics: confusion matrix, (m)IoU and friends.
 
-Conventions (REFERENCE.md s6): the confusion matrix ``cm[K, K]`` has rows = ground truth,
-columns = prediction, accumulated over a whole split; pixels whose ground truth is outside
-``[0, K)`` (ignore label 255 included) are skipped. ``IoU_c = TP / (TP + FP + FN)``; classes
-with ``TP + FP + FN == 0`` get NaN and are excluded from the mean (``mIoU = nanmean``).
+Conventions: the confusion matrix ``cm[K, K]`` has rows = ground truth, columns =
+prediction, accumulated over a whole split; pixels whose ground truth is outside ``[0, K)``
+are skipped (the same rule as :mod:`hmsa_keras.losses`; the data pipeline labels void pixels
+:data:`hmsa_keras.conventions.IGNORE_LABEL`, which is outside ``[0, K)``).
+``IoU_c = TP / (TP + FP + FN)``; classes with ``TP + FP + FN == 0`` get NaN and are
+excluded from the mean (``mIoU = nanmean``), as the reference's ``utils/misc.py: fast_hist``
+and ``calculate_iou`` do.
+
+The tensor side (:func:`confusion_matrix`, :class:`ConfusionMatrixMetric`) is ``keras.ops``
+and runs on any Keras backend; the NumPy side writes reports.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from typing import Optional, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-IGNORE_LABEL = 255
+from hmsa_keras.backend import float64_available
+from hmsa_keras.conventions import IGNORE_LABEL
 
 __all__ = [
     "IGNORE_LABEL",
@@ -32,34 +39,48 @@ __all__ = [
     "write_results",
 ]
 
+# The JAX-without-float64 metric keeps each count as high * 2**_SPLIT + low in two int32
+# variables: exact up to 2**51 pixels per cell, as long as one update adds < 2**31 - 2**20.
+_SPLIT = 20
+
 
 # ----------------------------------------------------------------------------------------
-# TensorFlow side
+# Tensor side (keras.ops)
 # ----------------------------------------------------------------------------------------
+
+def _dtype(x):
+    return keras.backend.standardize_dtype(x.dtype)
+
 
 def _to_class_map(y_pred):
     """Logits/probabilities ``[B, H, W, K]`` -> argmax ``[B, H, W]``; class maps pass."""
-    y_pred = tf.convert_to_tensor(y_pred)
-    if y_pred.shape.rank == 4:
-        if y_pred.shape[-1] == 1 and not y_pred.dtype.is_floating:
-            return tf.cast(tf.squeeze(y_pred, -1), tf.int32)
-        return tf.argmax(y_pred, axis=-1, output_type=tf.int32)
-    if y_pred.dtype.is_floating:
-        y_pred = tf.round(y_pred)
-    return tf.cast(y_pred, tf.int32)
+    from hmsa_keras.models.fusion import argmax_classes
+
+    y_pred = ops.convert_to_tensor(y_pred)
+    floating = "float" in _dtype(y_pred)
+    if len(y_pred.shape) == 4:
+        if y_pred.shape[-1] == 1 and not floating:
+            return ops.cast(ops.squeeze(y_pred, -1), "int32")
+        return argmax_classes(y_pred)
+    if floating:
+        y_pred = ops.round(y_pred)
+    return ops.cast(y_pred, "int32")
 
 
 def _to_label_map(y_true):
-    y_true = tf.convert_to_tensor(y_true)
-    if y_true.shape.rank == 4:
-        y_true = tf.squeeze(y_true, axis=-1)
-    if y_true.dtype.is_floating:
-        y_true = tf.round(y_true)
-    return tf.cast(y_true, tf.int32)
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) == 4:
+        y_true = ops.squeeze(y_true, axis=-1)
+    if "float" in _dtype(y_true):
+        y_true = ops.round(y_true)
+    return ops.cast(y_true, "int32")
 
 
-def confusion_matrix(labels, preds, num_classes: int, ignore_label: int = IGNORE_LABEL,
-                     sample_weight=None, dtype=tf.int64):
+def _count_dtype():
+    return "int64" if float64_available() else "int32"
+
+
+def confusion_matrix(labels, preds, num_classes: int, sample_weight=None, dtype=None):
     """Confusion matrix ``[K, K]`` (rows = ground truth, columns = prediction).
 
     ``labels``: int ``[B, H, W]`` (or ``[B, H, W, 1]``); ``preds``: class map ``[B, H, W]``
@@ -67,36 +88,38 @@ def confusion_matrix(labels, preds, num_classes: int, ignore_label: int = IGNORE
     ``[0, K)`` are skipped, as are (defensively) pixels with a prediction outside
     ``[0, K)``, which an argmax never produces. ``sample_weight`` (optional, ``[B]`` or
     broadcastable to ``[B, H, W]``) weights each pixel's count; pass a float ``dtype`` then.
-    Uses ``unsorted_segment_sum`` (XLA-friendly). Returns ``dtype`` (int64 by default).
+    Uses ``segment_sum`` (XLA-friendly). Returns ``dtype``: by default int64 (int32 on
+    JAX without ``jax_enable_x64``, where int64 does not exist).
     """
-    del ignore_label  # every gt outside [0, K) is skipped, ignore_label included
+    dtype = keras.backend.standardize_dtype(dtype or _count_dtype())
     k = int(num_classes)
     label_map = _to_label_map(labels)
-    labels = tf.reshape(label_map, [-1])
-    preds = tf.reshape(_to_class_map(preds), [-1])
+    labels = ops.reshape(label_map, (-1,))
+    preds = ops.reshape(_to_class_map(preds), (-1,))
     valid = (labels >= 0) & (labels < k) & (preds >= 0) & (preds < k)
-    ids = tf.where(valid, labels * k + preds, tf.zeros_like(labels))
+    ids = ops.where(valid, labels * k + preds, ops.zeros_like(labels))
     if sample_weight is None:
-        counts = tf.cast(valid, dtype)
+        counts = ops.cast(valid, dtype)
     else:
-        w = tf.cast(sample_weight, dtype)
-        if w.shape.rank == 4:
-            w = tf.squeeze(w, axis=-1)
-        elif w.shape.rank == 1:  # one weight per image
+        w = ops.cast(ops.convert_to_tensor(sample_weight), dtype)
+        if len(w.shape) == 4:
+            w = ops.squeeze(w, axis=-1)
+        elif len(w.shape) == 1:  # one weight per image
             w = w[:, None, None]
-        w = tf.broadcast_to(w, tf.shape(label_map))
-        counts = tf.reshape(w, [-1]) * tf.cast(valid, dtype)
-    cm = tf.math.unsorted_segment_sum(counts, ids, num_segments=k * k)
-    return tf.reshape(cm, [k, k])
+        w = ops.broadcast_to(w, ops.shape(label_map))
+        counts = ops.reshape(w, (-1,)) * ops.cast(valid, dtype)
+    cm = ops.segment_sum(counts, ids, num_segments=k * k)
+    return ops.reshape(cm, (k, k))
 
 
 def iou_from_matrix(cm):
-    """Per-class IoU ``[K]`` (float64 tensor) from a confusion matrix; NaN where undefined."""
-    cm = tf.cast(cm, tf.float64)
-    tp = tf.linalg.diag_part(cm)
-    union = tf.reduce_sum(cm, axis=0) + tf.reduce_sum(cm, axis=1) - tp
-    nan = tf.constant(float("nan"), tf.float64)
-    return tf.where(union > 0, tp / tf.where(union > 0, union, tf.ones_like(union)), nan)
+    """Per-class IoU ``[K]`` from a confusion matrix; NaN where undefined. float64 (float32
+    on JAX without ``jax_enable_x64``)."""
+    cm = ops.cast(ops.convert_to_tensor(cm), "float64" if float64_available() else "float32")
+    tp = ops.diagonal(cm)
+    union = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - tp
+    safe = ops.where(union > 0, union, ops.ones_like(union))
+    return ops.where(union > 0, tp / safe, ops.full_like(union, float("nan")))
 
 
 @keras.saving.register_keras_serializable(package="hmsa_keras")
@@ -106,53 +129,76 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     ``update_state(y_true, y_pred, sample_weight=None)``: ``y_true`` int ``[B, H, W]``
     (or ``[B, H, W, 1]``), ``y_pred`` logits ``[B, H, W, K]`` or an int class map
     ``[B, H, W]``. The matrix is kept in a float64 variable (exact counts up to 2**53
-    pixels) created with ``aggregation="sum"``, ``synchronization="on_read"``: under a
-    ``tf.distribute`` strategy each replica accumulates its own pixels and a read in
-    cross-replica context (``metric.result()`` / ``metric.matrix()`` called outside
-    ``strategy.run``) returns the SUM over replicas, i.e. the exact global matrix.
+    pixels) created with ``aggregation="sum"``: under a ``tf.distribute`` strategy each
+    replica accumulates its own pixels and a read in cross-replica context
+    (``metric.result()`` / ``metric.matrix()`` called outside ``strategy.run``) returns the
+    SUM over replicas, i.e. the exact global matrix. On JAX without ``jax_enable_x64`` (no
+    float64) it is two int32 variables, ``high * 2**20 + low`` (exact up to 2**51 pixels;
+    a ``sample_weight`` is rounded to whole pixels there).
 
     ``result()``: mIoU = nanmean over classes with ``TP + FP + FN > 0``; 0.0 when the
     matrix is empty (no class present yet).
     """
 
-    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str = "miou",
-                 dtype=None, **kwargs):
+    def __init__(self, num_classes: int, name: str = "miou", dtype=None, **kwargs):
         super().__init__(name=name, dtype=dtype or "float32", **kwargs)
         self.num_classes = int(num_classes)
-        self.ignore_label = int(ignore_label)
+        self._exact64 = float64_available()
+        shape = (self.num_classes, self.num_classes)
         self.total_cm = self.add_variable(
-            shape=(self.num_classes, self.num_classes),
-            initializer="zeros",
-            dtype="float64",
-            aggregation="sum",
-            name="total_confusion_matrix",
-        )
+            shape=shape, initializer="zeros", dtype="float64" if self._exact64 else "int32",
+            aggregation="sum", name="total_confusion_matrix")
+        if not self._exact64:
+            self.total_cm_high = self.add_variable(
+                shape=shape, initializer="zeros", dtype="int32", aggregation="sum",
+                name="total_confusion_matrix_high")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        cm = confusion_matrix(y_true, y_pred, self.num_classes, self.ignore_label,
-                              sample_weight=sample_weight, dtype=tf.float64)
-        self.total_cm.assign_add(cm)
+        if self._exact64:
+            cm = confusion_matrix(y_true, y_pred, self.num_classes,
+                                  sample_weight=sample_weight, dtype="float64")
+            self.total_cm.assign_add(cm)
+            return
+        if sample_weight is not None:
+            sample_weight = ops.round(ops.cast(sample_weight, "float32"))
+        cm = confusion_matrix(y_true, y_pred, self.num_classes,
+                              sample_weight=sample_weight, dtype="int32")
+        low = self.total_cm + cm
+        self.total_cm_high.assign_add(ops.right_shift(low, _SPLIT))
+        self.total_cm.assign(ops.bitwise_and(low, (1 << _SPLIT) - 1))
 
     def matrix(self):
-        """The accumulated ``[K, K]`` float64 matrix (rows = ground truth)."""
-        return tf.convert_to_tensor(self.total_cm)
+        """The accumulated ``[K, K]`` matrix (rows = ground truth): a float64 tensor; on
+        JAX without float64 a NumPy float64 array (read eagerly)."""
+        if self._exact64:
+            return ops.convert_to_tensor(self.total_cm)
+        high = np.asarray(ops.convert_to_numpy(self.total_cm_high), np.float64)
+        low = np.asarray(ops.convert_to_numpy(self.total_cm), np.float64)
+        return high * float(1 << _SPLIT) + low
+
+    def _matrix_tensor(self):
+        if self._exact64:
+            return ops.convert_to_tensor(self.total_cm)
+        return (ops.cast(self.total_cm_high, "float32") * float(1 << _SPLIT)
+                + ops.cast(self.total_cm, "float32"))
 
     def per_class_iou(self):
-        return iou_from_matrix(self.matrix())
+        return iou_from_matrix(self._matrix_tensor())
 
     def result(self):
         iou = self.per_class_iou()
-        present = tf.logical_not(tf.math.is_nan(iou))
-        n = tf.reduce_sum(tf.cast(present, tf.float64))
-        total = tf.reduce_sum(tf.where(present, iou, tf.zeros_like(iou)))
-        return tf.cast(tf.math.divide_no_nan(total, n), self.dtype)
+        present = ops.logical_not(ops.isnan(iou))
+        n = ops.sum(ops.cast(present, iou.dtype))
+        total = ops.sum(ops.where(present, iou, ops.zeros_like(iou)))
+        return ops.cast(ops.divide_no_nan(total, n), self.dtype)
 
     def reset_state(self):
-        self.total_cm.assign(tf.zeros((self.num_classes, self.num_classes), tf.float64))
+        for v in self.variables:
+            v.assign(ops.zeros(v.shape, v.dtype))
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_classes": self.num_classes, "ignore_label": self.ignore_label})
+        config.update({"num_classes": self.num_classes})
         return config
 
 

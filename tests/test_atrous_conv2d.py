@@ -17,8 +17,15 @@ def _grads(layer, x):
     return [y] + tape.gradient(loss, [x] + layer.trainable_weights)
 
 
-@pytest.mark.parametrize("rate, kernel, shape", [
-    (2, 3, (2, 9, 13, 5)), ((6, 3), 3, (1, 8, 16, 4)), (18, 3, (1, 16, 32, 3)), (2, 5, (2, 11, 7, 3))])
+@pytest.mark.parametrize(
+    "rate, kernel, shape",
+    [
+        (2, 3, (2, 9, 13, 5)),
+        ((6, 3), 3, (1, 8, 16, 4)),
+        (18, 3, (1, 16, 32, 3)),
+        (2, 5, (2, 11, 7, 3)),
+    ],
+)
 def test_outputs_and_gradients_equal_keras_conv2d(rate, kernel, shape):
     import keras
     import tensorflow as tf
@@ -31,7 +38,9 @@ def test_outputs_and_gradients_equal_keras_conv2d(rate, kernel, shape):
     fast.build(shape)
     plain.build(shape)
     plain.set_weights(fast.get_weights())
-    for name, a, b in zip(("output", "input grad", "kernel grad", "bias grad"), _grads(fast, x), _grads(plain, x)):
+    for name, a, b in zip(
+        ("output", "input grad", "kernel grad", "bias grad"), _grads(fast, x), _grads(plain, x)
+    ):
         a, b = a.numpy(), b.numpy()
         scale = np.abs(b).max()
         assert scale > 0, name
@@ -52,8 +61,10 @@ def test_dynamic_shapes_in_a_graph():
     plain.set_weights(fast.get_weights())
     step = {}
     for name, layer in (("fast", fast), ("plain", plain)):
-        step[name] = tf.function(lambda x, layer=layer: _grads(layer, x),
-                                 input_signature=[tf.TensorSpec([None, None, None, 3])])
+        step[name] = tf.function(
+            lambda x, layer=layer: _grads(layer, x),
+            input_signature=[tf.TensorSpec([None, None, None, 3])],
+        )
     x = tf.random.stateless_normal((1, 10, 23, 3), seed=(3, 4))
     for a, b in zip(step["fast"](x), step["plain"](x)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6 * np.abs(b.numpy()).max())
@@ -66,8 +77,11 @@ def test_other_settings_fall_back_to_conv2d_and_config_round_trips():
     from hmsa_keras.models.atrous_conv2d import AtrousConv2D
 
     x = tf.random.stateless_normal((1, 12, 12, 3), seed=(5, 6))
-    for kwargs in (dict(strides=2, padding="same"), dict(padding="valid", dilation_rate=2),
-                   dict(padding="same", dilation_rate=2, kernel_size=2)):
+    for kwargs in (
+        dict(strides=2, padding="same"),
+        dict(padding="valid", dilation_rate=2),
+        dict(padding="same", dilation_rate=2, kernel_size=2),
+    ):
         kwargs = {"kernel_size": 3, **kwargs}
         fast, plain = AtrousConv2D(4, **kwargs), keras.layers.Conv2D(4, **kwargs)
         fast.build(x.shape)
@@ -84,8 +98,14 @@ def test_segmenter_uses_it_for_every_dilated_conv2d():
     from hmsa_keras.models.atrous_conv2d import AtrousConv2D
     from hmsa_keras.models.segmenter import build_segmenter
 
-    net = build_segmenter(5, trunk="resnet50", output_stride=16, aspp_channels=8, decoder_channels=8,
-                          attention_channels=8)
+    net = build_segmenter(
+        5,
+        trunk="resnet50",
+        output_stride=16,
+        aspp_channels=8,
+        decoder_channels=8,
+        attention_channels=8,
+    )
 
     def convs(model):
         for layer in model.layers:
@@ -96,12 +116,20 @@ def test_segmenter_uses_it_for_every_dilated_conv2d():
 
     dilated = list(convs(net))
     names = {layer.name for layer in dilated}
-    assert {"aspp_atrous1_conv", "aspp_atrous3_conv", "conv5_block2_2_conv", "conv5_block3_2_conv"} <= names
-    assert all(type(layer) is AtrousConv2D for layer in dilated), [type(x).__name__ for x in dilated]
+    assert {
+        "aspp_atrous1_conv",
+        "aspp_atrous3_conv",
+        "conv5_block2_2_conv",
+        "conv5_block3_2_conv",
+    } <= names
+    assert all(type(layer) is AtrousConv2D for layer in dilated), [
+        type(x).__name__ for x in dilated
+    ]
 
 
-@pytest.mark.parametrize("fusion, scales, moved", [
-    ("single", (1.0,), False), ("hierarchical", (0.5, 1.0), True)])
+@pytest.mark.parametrize(
+    "fusion, scales, moved", [("single", (1.0,), False), ("hierarchical", (0.5, 1.0), True)]
+)
 def test_attention_head_runs_only_where_the_fusion_reads_it(fusion, scales, moved):
     """Single-scale training never runs the attention head (its BatchNorm statistics stay
     put); hierarchical training runs it at 0.5 only, and run_scales says so with None."""
@@ -124,6 +152,8 @@ def test_attention_head_runs_only_where_the_fusion_reads_it(fusion, scales, move
     assert np.allclose(attn_bn.moving_mean.numpy(), before[0]) != moved
 
     outputs = model.run_scales(images, scales, attention=F.attention_scales(fusion, scales))
-    assert [s for s, o in outputs.items() if o[1] is not None] == list(F.attention_scales(fusion, scales))
+    assert [s for s, o in outputs.items() if o[1] is not None] == list(
+        F.attention_scales(fusion, scales)
+    )
     assert F.attention_scales("explicit", (0.5, 1.0, 2.0)) == (0.5, 1.0, 2.0)
     assert len(model.weights) == len({id(w) for w in model.weights})  # the view adds no weights

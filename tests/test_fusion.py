@@ -9,13 +9,17 @@ from hmsa_keras.models import fusion as F
 
 def np_resize(x, size):
     """Bilinear, half-pixel centres, no antialias: TensorFlow's resize written in NumPy."""
+
     def axis_weights(n_in, n_out):
         src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
         lo = np.floor(src).astype(int)
         hi = np.minimum(lo + 1, n_in - 1)
         return lo, hi, (src - lo)
 
-    (h0, h1, wh), (w0, w1, ww) = axis_weights(x.shape[1], size[0]), axis_weights(x.shape[2], size[1])
+    (h0, h1, wh), (w0, w1, ww) = (
+        axis_weights(x.shape[1], size[0]),
+        axis_weights(x.shape[2], size[1]),
+    )
     rows = x[:, h0] * (1 - wh)[None, :, None, None] + x[:, h1] * wh[None, :, None, None]
     return rows[:, :, w0] * (1 - ww)[None, None, :, None] + rows[:, :, w1] * ww[None, None, :, None]
 
@@ -42,8 +46,10 @@ def random_outputs(rng, h, w, scales, k=3):
     out = {}
     for s in scales:
         sh, sw = int(np.floor(h * s)), int(np.floor(w * s))
-        out[s] = (rng.normal(size=(2, sh, sw, k)).astype("float32"),
-                  rng.normal(size=(2, sh, sw, 1)).astype("float32"))
+        out[s] = (
+            rng.normal(size=(2, sh, sw, k)).astype("float32"),
+            rng.normal(size=(2, sh, sw, 1)).astype("float32"),
+        )
     return out
 
 
@@ -56,7 +62,9 @@ def test_numpy_resize_matches_tensorflow():
 @pytest.mark.parametrize("scales", [(1.0,), (0.5, 1.0), (0.25, 0.5, 1.0, 2.0), (0.5, 1.0, 1.5)])
 def test_hierarchical_chain_matches_numpy_on_odd_sizes(scales):
     outputs = random_outputs(np.random.default_rng(1), 97, 131, scales)
-    fused = F.hierarchical({s: (tf.constant(l), tf.constant(a)) for s, (l, a) in outputs.items()}).numpy()
+    fused = F.hierarchical(
+        {s: (tf.constant(l), tf.constant(a)) for s, (l, a) in outputs.items()}
+    ).numpy()
     assert fused.shape == (2, 97, 131, 3)
     np.testing.assert_allclose(fused, np_chain(outputs), atol=1e-4)
 
@@ -84,8 +92,9 @@ def test_lowest_scale_has_final_say_and_largest_attention_unused():
     np.testing.assert_allclose(F.hierarchical(as_tf(changed)).numpy(), base, atol=1e-6)
     saturated = dict(outputs)
     saturated[0.5] = (outputs[0.5][0], np.full_like(outputs[0.5][1], 50.0))  # a_0.5 = 1
-    np.testing.assert_allclose(F.hierarchical(as_tf(saturated)).numpy(),
-                               np_resize(outputs[0.5][0], (20, 24)), atol=1e-4)
+    np.testing.assert_allclose(
+        F.hierarchical(as_tf(saturated)).numpy(), np_resize(outputs[0.5][0], (20, 24)), atol=1e-4
+    )
 
 
 def test_explicit_mean_max_baselines():
@@ -96,7 +105,9 @@ def test_explicit_mean_max_baselines():
     logits = np.stack([up[s][0] for s in sorted(up)])
     scores = np.stack([up[s][1] for s in sorted(up)])
     w = np.exp(scores) / np.exp(scores).sum(0, keepdims=True)
-    np.testing.assert_allclose(F.fuse(as_tf, "explicit", size).numpy(), (w * logits).sum(0), atol=1e-4)
+    np.testing.assert_allclose(
+        F.fuse(as_tf, "explicit", size).numpy(), (w * logits).sum(0), atol=1e-4
+    )
     np.testing.assert_allclose(F.fuse(as_tf, "mean", size).numpy(), logits.mean(0), atol=1e-4)
     np.testing.assert_allclose(F.fuse(as_tf, "max", size).numpy(), logits.max(0), atol=1e-4)
 
@@ -108,10 +119,18 @@ def test_scaled_size_is_floor():
     assert tuple(F.scaled_size(x, 2.0).numpy()) == (194, 262)
 
 
-@pytest.mark.parametrize("scales,flip", [((1.0,), False), ((0.5, 1.0), True), ((0.25, 0.5, 1.0, 2.0), False),
-                                          ((0.25, 0.5, 1.0, 2.0), True)])
+@pytest.mark.parametrize(
+    "scales,flip",
+    [
+        ((1.0,), False),
+        ((0.5, 1.0), True),
+        ((0.25, 0.5, 1.0, 2.0), False),
+        ((0.25, 0.5, 1.0, 2.0), True),
+    ],
+)
 def test_model_segment_matches_numpy_chain(tiny_model, scales, flip):
-    """End to end: image resized by floor(H*s) in NumPy, the network as a black box, the chain in NumPy."""
+    """End to end: image resized by floor(H*s) in NumPy, the network as a black box, the
+    chain in NumPy."""
     rng = np.random.default_rng(5)
     image = rng.normal(size=(1, 97, 131, 3)).astype("float32")
 
@@ -137,7 +156,40 @@ def test_segment_details_and_training_call(tiny_model):
     out = tiny_model.segment(image, scales=(0.5, 1.0, 2.0), return_details=True)
     assert set(out["attention"]) == {0.5, 1.0, 2.0}
     for a in out["attention"].values():
-        assert a.shape == (2, 64, 80, 1) and float(tf.reduce_min(a)) >= 0 and float(tf.reduce_max(a)) <= 1
+        assert (
+            a.shape == (2, 64, 80, 1)
+            and float(tf.reduce_min(a)) >= 0
+            and float(tf.reduce_max(a)) <= 1
+        )
     # the training call is the 0.5/1.0 hierarchical fusion
-    np.testing.assert_allclose(tiny_model(image).numpy(),
-                               tiny_model.segment(image, scales=(0.5, 1.0))["logits"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        tiny_model(image)["logits"].numpy(),
+        tiny_model.segment(image, scales=(0.5, 1.0))["logits"].numpy(),
+        atol=1e-5,
+    )
+
+
+def test_segment_chains_runs_each_scale_of_the_union_once(tiny_model, monkeypatch):
+    """Three chains with flip: one run_scales call per orientation over the union of the
+    chains, and each chain's result equals its own segment() call."""
+    image = np.random.default_rng(7).normal(size=(1, 64, 80, 3)).astype("float32")
+    chains = [(1.0,), (0.5, 1.0), (0.5, 1.0, 2.0)]
+    singles = [tiny_model.segment(image, scales=c, flip=True, return_details=True) for c in chains]
+    calls = []
+    run_scales = tiny_model.run_scales
+
+    def spy(images, scales, *args, **kwargs):
+        calls.append(tuple(scales))
+        return run_scales(images, scales, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "run_scales", spy)
+    results = tiny_model.segment_chains(image, chains, flip=True, return_details=True)
+    assert calls == [(0.5, 1.0, 2.0), (0.5, 1.0, 2.0)]
+    for chain, got, want in zip(chains, results, singles):
+        np.testing.assert_allclose(got["logits"].numpy(), want["logits"].numpy(), atol=1e-6)
+        np.testing.assert_array_equal(got["classes"].numpy(), want["classes"].numpy())
+        assert set(got["attention"]) == set(chain) == set(got["scale_logits"])
+    with pytest.raises(ValueError, match="list of scale chains"):
+        tiny_model.segment_chains(image, [])
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        tiny_model.segment_chains(image, [(1.0,)], fusion="sum")

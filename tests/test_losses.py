@@ -20,6 +20,7 @@ def _random_case(rng, b, h, w, k, ignore_frac=0.15, scale=2.0):
 # NumPy references
 # ----------------------------------------------------------------------------------------
 
+
 def np_cross_entropy(labels, logits, class_weights=None):
     k = logits.shape[-1]
     x = logits.astype(np.float64).reshape(-1, k)
@@ -37,13 +38,13 @@ def np_avg_pool(x, s):
     """x [H, W]; zero pad s//2, kernel s, stride s, pad counted in the mean."""
     p = s // 2
     xp = np.zeros((x.shape[0] + 2 * p, x.shape[1] + 2 * p))
-    xp[p:p + x.shape[0], p:p + x.shape[1]] = x
+    xp[p : p + x.shape[0], p : p + x.shape[1]] = x
     oh = (xp.shape[0] - s) // s + 1
     ow = (xp.shape[1] - s) // s + 1
     out = np.zeros((oh, ow))
     for i in range(oh):
         for j in range(ow):
-            out[i, j] = xp[i * s:i * s + s, j * s:j * s + s].sum() / (s * s)
+            out[i, j] = xp[i * s : i * s + s, j * s : j * s + s].sum() / (s * s)
     return out
 
 
@@ -54,8 +55,8 @@ def np_rmi_term(y, p, radius, eps=5e-4):
     ys, ps = [], []
     for i in range(nh):
         for j in range(nw):
-            ys.append(y[i:i + radius, j:j + radius].reshape(-1))
-            ps.append(p[i:i + radius, j:j + radius].reshape(-1))
+            ys.append(y[i : i + radius, j : j + radius].reshape(-1))
+            ps.append(p[i : i + radius, j : j + radius].reshape(-1))
     Y = np.array(ys).T  # [D, N]
     P = np.array(ps).T
     Y = Y - Y.mean(axis=1, keepdims=True)
@@ -96,6 +97,7 @@ def np_rmi_loss(labels, logits, radius=3, stride=4, lambda_way=1, bce_w=0.5, rmi
 # ----------------------------------------------------------------------------------------
 # Cross-entropy
 # ----------------------------------------------------------------------------------------
+
 
 def test_cross_entropy_matches_numpy_with_ignore():
     rng = np.random.default_rng(0)
@@ -140,6 +142,7 @@ def test_cross_entropy_accepts_nhw1_labels():
 # ----------------------------------------------------------------------------------------
 # RMI
 # ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(2, 16, 16, 3), (2, 13, 17, 3)])
 def test_rmi_matches_numpy(shape):
@@ -205,16 +208,21 @@ def test_good_prediction_beats_wrong_one(name):
     assert lg < lw
     if name == "rmi":  # the RMI term alone must prefer the good prediction too
         rmi_only = losses.get_loss("rmi", bce_weight=0.0, rmi_weight=1.0)
-        assert (float(losses.reduce_loss(*rmi_only(labels, good)))
-                < float(losses.reduce_loss(*rmi_only(labels, wrong))))
+        assert float(losses.reduce_loss(*rmi_only(labels, good))) < float(
+            losses.reduce_loss(*rmi_only(labels, wrong))
+        )
 
 
 def test_rmi_under_tf_function_dynamic_shape():
     rng = np.random.default_rng(9)
     labels, logits = _random_case(rng, 1, 16, 20, 3)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.int32),
-                                  tf.TensorSpec([None, None, None, 3], tf.float32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.int32),
+            tf.TensorSpec([None, None, None, 3], tf.float32),
+        ]
+    )
     def f(y, x):
         return losses.rmi_loss(y, x)
 
@@ -235,5 +243,6 @@ def test_get_loss_errors_and_kwargs():
     with pytest.raises(ValueError):
         losses.cross_entropy(labels, logits, class_weights=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError):
-        losses.rmi_loss(np.zeros((1, 8, 8), np.int32), np.zeros((1, 8, 8, 2), np.float32),
-                        num_classes=3)
+        losses.rmi_loss(
+            np.zeros((1, 8, 8), np.int32), np.zeros((1, 8, 8, 2), np.float32), num_classes=3
+        )

@@ -6,7 +6,6 @@ import math
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from hmsa_keras import metrics as M
@@ -14,14 +13,10 @@ from hmsa_keras import metrics as M
 IGN = 255
 
 # 2x4 labels / preds, K = 3; class 2 never appears in the ground truth.
-LABELS = np.array([[[0, 0, 1, IGN],
-                    [1, 1, 0, IGN]]], np.int32)
-PREDS = np.array([[[0, 1, 1, 2],
-                   [1, 2, 0, 0]]], np.int32)
+LABELS = np.array([[[0, 0, 1, IGN], [1, 1, 0, IGN]]], np.int32)
+PREDS = np.array([[[0, 1, 1, 2], [1, 2, 0, 0]]], np.int32)
 # valid pixels (gt, pred): (0,0) (0,1) (1,1) (1,1) (1,2) (0,0)
-EXPECTED_CM = np.array([[2, 1, 0],
-                        [0, 2, 1],
-                        [0, 0, 0]])
+EXPECTED_CM = np.array([[2, 1, 0], [0, 2, 1], [0, 0, 0]])
 
 
 def test_confusion_matrix_by_hand():
@@ -62,8 +57,7 @@ def test_compute_metrics_by_hand_with_absent_class():
     np.testing.assert_allclose(m["per_class"][1]["precision"], 2 / 3)
     np.testing.assert_allclose(m["per_class"][2]["precision"], 0.0)
     r1 = m["per_class"][1]
-    np.testing.assert_allclose([r1["tp_share"], r1["fp_share"], r1["fn_share"]],
-                               [0.5, 0.25, 0.25])
+    np.testing.assert_allclose([r1["tp_share"], r1["fp_share"], r1["fn_share"]], [0.5, 0.25, 0.25])
     assert [r["gt_pixels"] for r in m["per_class"]] == [3, 3, 0]
     assert m["classes_present"] == 3 and m["total_pixels"] == 6
 
@@ -109,7 +103,7 @@ def test_keras_metric_accumulates_like_one_big_matrix():
     logits = rng.standard_normal((6, 5, 7, k)).astype(np.float32)
     met = M.ConfusionMatrixMetric(k, name="val_miou")
     for i in range(0, 6, 2):
-        met.update_state(labels[i:i + 2], logits[i:i + 2])
+        met.update_state(labels[i : i + 2], logits[i : i + 2])
     big = M.confusion_matrix(labels, logits, k).numpy()
     np.testing.assert_array_equal(met.matrix().numpy(), big)
     np.testing.assert_allclose(float(met.result()), M.compute_metrics(big)["miou"], rtol=1e-6)
@@ -122,7 +116,7 @@ def test_keras_metric_accumulates_like_one_big_matrix():
 
 
 def test_keras_metric_in_tf_function_and_config():
-    met = M.ConfusionMatrixMetric(3, ignore_label=IGN, name="miou")
+    met = M.ConfusionMatrixMetric(3, name="miou")
 
     @tf.function
     def step(y, p):
@@ -132,7 +126,7 @@ def test_keras_metric_in_tf_function_and_config():
     step(tf.constant(LABELS), tf.constant(PREDS))
     np.testing.assert_array_equal(met.matrix().numpy(), 2 * EXPECTED_CM)
     cfg = met.get_config()
-    assert cfg["num_classes"] == 3 and cfg["ignore_label"] == IGN and cfg["name"] == "miou"
+    assert cfg["num_classes"] == 3 and cfg["name"] == "miou"
     clone = M.ConfusionMatrixMetric.from_config(cfg)
     assert clone.num_classes == 3
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(met))
@@ -154,3 +148,23 @@ def test_format_and_write(tmp_path):
     assert rows[0][:3] == ["id", "name", "iou"]
     assert rows[3][1] == "sky" and rows[3][7] == ""
     assert ["summary", "miou"] == rows[4][:2]
+
+
+def test_metric_without_float64_keeps_exact_counts_in_two_int32_variables(monkeypatch):
+    """The JAX-without-x64 layout (high * 2**20 + low, int32), forced here: counts past
+    2**20 carry into the high part and stay exact, and the mIoU is the same."""
+    monkeypatch.setattr(M, "float64_available", lambda: False)
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, size=(1, 1100, 1000)).astype(np.int32)  # > 2**20 pixels
+    preds = np.where(rng.random(labels.shape) < 0.8, labels, 0).astype(np.int32)
+    met = M.ConfusionMatrixMetric(3)
+    assert met.total_cm.dtype == "int32" and met.total_cm_high.dtype == "int32"
+    for _ in range(3):
+        met.update_state(labels, preds)
+    want = 3 * M.confusion_matrix(labels, preds, 3).numpy().astype(np.float64)
+    assert want.max() > 2**20
+    np.testing.assert_array_equal(met.matrix(), want)
+    assert met.total_cm_high.numpy().max() > 0
+    np.testing.assert_allclose(float(met.result()), M.compute_metrics(want)["miou"], rtol=1e-6)
+    met.reset_state()
+    assert met.matrix().sum() == 0

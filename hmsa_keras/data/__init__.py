@@ -10,7 +10,18 @@ Public API::
 
 from hmsa_keras.data.io import DataError, load_image_label
 from hmsa_keras.data.labels import IGNORE, DatasetInfo
-from hmsa_keras.data.pipeline import DATASETS, build_dataset, get_dataset_info, iter_pairs
+
+_PIPELINE = ("DATASETS", "build_dataset", "get_dataset_info", "iter_pairs")
+
+
+def __getattr__(name):
+    # The tf.data pipeline imports TensorFlow: load it on first use, so that the NumPy
+    # modules of this package (and hmsa_keras.data.pydataset) work without TensorFlow.
+    if name in _PIPELINE:
+        from hmsa_keras.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DATASETS", "DataError", "DatasetInfo", "IGNORE", "build_dataset", "get_dataset_info",

@@ -227,15 +227,13 @@ class HMSAExportModule(tf.Module):
 
     def __init__(self, model, scales=(0.5, 1.0, 2.0), flip=False, class_names=None, colors=None):
         super().__init__(name="hmsa_export")
-        from hmsa_keras.models import validate_scales
-
         # Track only the weights: a tracked Keras model makes tf.saved_model.save walk
         # and trace all of Keras' own functions.
         self._model_ref = _Untracked(model)
         # the tf.Variables themselves (like keras.export.ExportArchive): tracked KerasVariable
         # wrappers are not frozen by the TFLite converter (left as resource variables)
         self.model_variables = [getattr(v, "value", v) for v in model.weights]
-        self.scales = validate_scales(scales)
+        self.scales = conventions.parse_scales(scales, "scales")
         self.flip = bool(flip)
         self.num_classes = int(model.num_classes)
         self.hierarchical = model.fusion == "hierarchical"

@@ -1,8 +1,9 @@
-"""Multi-scale fusion as pure tensor functions (no layers, no state).
+"""Multi-scale fusion as pure tensor functions (no layers, no state), on any Keras backend.
 
 ``outputs`` everywhere is a dict ``{scale: (logits, attention_logits)}`` of
 float32 NHWC tensors, each at the size of the image resized by that scale.
-Hierarchical fusion follows Tao et al. 2020 and the reference ``nscale_forward``:
+Hierarchical fusion follows Tao et al. 2020 (arXiv 2005.10821, s3) and the reference
+``network/mscale.py: nscale_forward``:
 
     scales sorted descending; pred = logits of the largest scale; then for s:
       s >= 1: pred = a_s * L_s + (1 - a_s) * resize(pred, size_s)
@@ -11,39 +12,77 @@ Hierarchical fusion follows Tao et al. 2020 and the reference ``nscale_forward``
 so the lowest scale has the final say and the largest scale's attention is unused.
 With scales (0.5, 1.0) this is the training fusion
 ``L = U(a_0.5 * L_0.5) + (1 - U(a_0.5)) * L_1.0``.
+
+Backends: everything is ``keras.ops`` except the size/resize/argmax helpers below, which
+under TensorFlow use :mod:`hmsa_keras.models.tf_ops` (dynamic sizes that export to
+SavedModel/TFLite) and elsewhere ``keras.ops`` with the static shapes that JAX and
+PyTorch always have. Both resize bilinearly with half-pixel centres and no antialias.
 """
 
-import tensorflow as tf
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+from hmsa_keras.backend import tf_ops
+
+
+def spatial_size(x):
+    """(H, W) of an NHWC tensor: an int32 tensor under TensorFlow (dynamic sizes), a tuple
+    of ints on the other backends (whose shapes are static)."""
+    t = tf_ops()
+    if t is not None:
+        return t.spatial_size(x)
+    return tuple(int(d) for d in x.shape[1:3])
 
 
 def resize(x, size):
-    """Bilinear, half-pixel (align_corners=False) resize to ``size`` = (h, w)."""
-    return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+    """Bilinear, half-pixel (align_corners=False), no-antialias resize of NHWC ``x`` to
+    ``size`` = (h, w); keeps ``x``'s dtype."""
+    t = tf_ops()
+    if t is not None:
+        return t.resize(x, size)
+    size = tuple(int(s) for s in size)
+    out = ops.image.resize(x, size, interpolation="bilinear", antialias=False,
+                           data_format="channels_last")
+    return ops.cast(out, x.dtype)
 
 
 def scaled_size(images, scale):
     """(floor(H * scale), floor(W * scale)) of an NHWC batch, at least 1 pixel.
 
     float32 arithmetic (TFLite has no float64 builtins), so the Keras model, the
-    SavedModel and the TFLite files agree; ``scale`` may be a Python number or a tensor.
+    SavedModel and the TFLite files agree; ``scale`` may be a Python number or (under
+    TensorFlow) a tensor.
     """
-    hw = tf.cast(tf.shape(images)[1:3], tf.float32)
-    return tf.maximum(tf.cast(tf.floor(hw * tf.cast(scale, tf.float32)), tf.int32), 1)
+    t = tf_ops()
+    if t is not None:
+        return t.scaled_size(images, scale)
+    s = np.float32(scale)
+    return tuple(max(int(np.floor(np.float32(d) * s)), 1) for d in images.shape[1:3])
+
+
+def argmax_classes(logits):
+    """int32 class map ``[..., ]`` from logits ``[..., K]``."""
+    t = tf_ops()
+    if t is not None:
+        return t.argmax_classes(logits)
+    return ops.cast(ops.argmax(logits, axis=-1), "int32")
 
 
 def hierarchical_step(pred, logits, attention_logits, scale):
     """One link of the chain (see module docstring); ``scale`` may be a scalar tensor."""
-    attn = tf.sigmoid(attention_logits)
+    attn = ops.sigmoid(attention_logits)
 
     def larger():  # s >= 1: bring pred down to s's size and let s speak where it attends
-        return attn * logits + (1.0 - attn) * resize(pred, tf.shape(logits)[1:3])
+        return attn * logits + (1.0 - attn) * resize(pred, spatial_size(logits))
 
     def smaller():  # s < 1: multiply at low resolution, then upsample to pred's size
-        size = tf.shape(pred)[1:3]
+        size = spatial_size(pred)
         return resize(attn * logits, size) + (1.0 - resize(attn, size)) * pred
 
-    if tf.is_tensor(scale):
-        return tf.cond(scale >= 1.0, larger, smaller)
+    if ops.is_tensor(scale):
+        return ops.cond(scale >= 1.0, larger, smaller)
     return larger() if scale >= 1.0 else smaller()
 
 
@@ -69,17 +108,17 @@ def explicit(outputs, size):
     """Explicit attention to scale (Chen et al. 2016): softmax over scales of the
     attention scores, weighting every scale's logits at ``size``."""
     scales = sorted(outputs)
-    logits = tf.stack([resize(outputs[s][0], size) for s in scales], axis=0)
-    weights = tf.nn.softmax(tf.stack([resize(outputs[s][1], size) for s in scales], axis=0), axis=0)
-    return tf.reduce_sum(weights * logits, axis=0)
+    logits = ops.stack([resize(outputs[s][0], size) for s in scales], axis=0)
+    weights = ops.softmax(ops.stack([resize(outputs[s][1], size) for s in scales], axis=0), axis=0)
+    return ops.sum(weights * logits, axis=0)
 
 
 def mean(outputs, size):
-    return tf.reduce_mean(tf.stack([resize(o[0], size) for o in outputs.values()], axis=0), axis=0)
+    return ops.mean(ops.stack([resize(o[0], size) for o in outputs.values()], axis=0), axis=0)
 
 
 def maximum(outputs, size):
-    return tf.reduce_max(tf.stack([resize(o[0], size) for o in outputs.values()], axis=0), axis=0)
+    return ops.max(ops.stack([resize(o[0], size) for o in outputs.values()], axis=0), axis=0)
 
 
 def fuse_chain(outputs, chain, fusion, size, mirrored=None):
@@ -89,7 +128,7 @@ def fuse_chain(outputs, chain, fusion, size, mirrored=None):
     logits = fuse({s: outputs[s][:2] for s in chain}, fusion, size)
     if mirrored is not None:
         other = fuse({s: mirrored[s][:2] for s in chain}, fusion, size)
-        logits = 0.5 * (logits + tf.reverse(other, axis=[2]))
+        logits = 0.5 * (logits + ops.flip(other, axis=2))
     return logits
 
 

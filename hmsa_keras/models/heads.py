@@ -4,14 +4,16 @@ Functional building blocks: each function takes Keras tensors and returns Keras
 tensors, naming its layers with a prefix so that parts can be frozen by name
 (``aspp_``/``decoder_``/``seg_``/``aux_`` form the segmentation head, ``attn_``
 the attention head). Heads follow the reference (NVIDIA semantic-segmentation
-``network/deepv3.py`` and ``network/mscale.py``, see REFERENCE.md s2).
+``network/deepv3.py: DeepV3Plus`` and ``network/mscale.py: MscaleV3Plus``; the attention
+head is ``network/utils.py: make_attn_head``). Backend-agnostic (``keras.layers`` and
+:mod:`hmsa_keras.models.fusion`'s resize).
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
+from hmsa_keras.models import fusion as F
 from hmsa_keras.models.atrous_conv2d import AtrousConv2D
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -21,13 +23,14 @@ ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 class ResizeLike(keras.layers.Layer):
     """Bilinear (half-pixel) resize of ``x`` to the spatial size of ``reference``.
 
-    Uses ``tf.image.resize`` with a dynamic size, which exports to SavedModel and
-    TFLite (Keras' own resize with a symbolic size does not, REFERENCE s7).
+    Under TensorFlow ``tf.image.resize`` with a dynamic size, which exports to SavedModel
+    and TFLite (``keras.ops.image.resize`` with a symbolic size fails at SavedModel export
+    in Keras 3.15); on other backends ``keras.ops.image.resize`` (see
+    :func:`hmsa_keras.models.fusion.resize`).
     """
 
     def call(self, x, reference):
-        size = tf.shape(reference)[1:3]
-        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+        return F.resize(x, F.spatial_size(reference))
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
@@ -43,7 +46,8 @@ class LayerFactory:
 
     def bn(self, name):
         return keras.layers.BatchNormalization(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name)
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn,
+            name=name)
 
     def conv_bn_relu(self, x, filters, kernel_size, name, dilation_rate=1):
         conv = AtrousConv2D if dilation_rate > 1 else keras.layers.Conv2D

@@ -1,7 +1,8 @@
 """Trunks (backbones) from ``keras.applications`` with real atrous convolution.
 
 ``build_trunk`` returns a functional ``keras.Model`` named ``trunk`` that maps a
-normalised image (see :mod:`hmsa_keras.data.normalization`) to
+normalised image (``(pixel / 255 - MEAN) / STD`` with :data:`hmsa_keras.conventions.MEAN`
+and ``STD``) to
 ``[low_level, high_level]``: the stride-4 features for the DeepLabV3+ decoder
 and the final features at the chosen output stride (8 or 16).
 
@@ -10,7 +11,9 @@ the later stage(s) is removed and every following 3x3 convolution of that stage
 gets a dilation rate multiplied by the removed stride, so the receptive field is
 kept and pretrained weights (whose shapes do not change) transfer exactly. The
 layer whose stride was removed keeps the previous rate (torchvision's
-``replace_stride_with_dilation`` and TF-slim's convention).
+``replace_stride_with_dilation`` and TF-slim's convention). Dilated ``Conv2D`` layers become
+:class:`~hmsa_keras.models.atrous_conv2d.AtrousConv2D` (same weights; fast gradients under
+TensorFlow, plain ``Conv2D`` on other backends).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import re
 import keras
 import numpy as np
 
-from hmsa_keras.models.atrous_conv2d import AtrousConv2D
 from hmsa_keras.config import OUTPUT_STRIDES, TRUNKS
-from hmsa_keras.data.normalization import MEAN, STD
+from hmsa_keras.conventions import MEAN, STD
+from hmsa_keras.models.atrous_conv2d import AtrousConv2D
 
 # name of the stride-4 feature layer and the final feature layer of each trunk
 _TAPS = {
@@ -156,9 +159,11 @@ def build_trunk(
             f"include_top=False): {e}") from e
 
     low_name, high_name = _TAPS[trunk]
-    tapped = keras.Model(base.input, [base.get_layer(low_name).output, base.get_layer(high_name).output])
+    tapped = keras.Model(base.input,
+                         [base.get_layer(low_name).output, base.get_layer(high_name).output])
     converted = keras.models.clone_model(
-        tapped, clone_function=_converter(_dilation_plan(trunk, output_stride), bn_momentum, sync_bn))
+        tapped,
+        clone_function=_converter(_dilation_plan(trunk, output_stride), bn_momentum, sync_bn))
     converted.set_weights(tapped.get_weights())
 
     inputs = keras.Input((None, None, 3), name="image")

@@ -18,8 +18,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hmsa_keras import build_model  # noqa: E402
-from hmsa_keras.models.hmsa import _skip_if_any_replica_nonfinite  # noqa: E402
-from hmsa_keras.training.loop import make_train_function  # noqa: E402
+from hmsa_keras.training.loop import (  # noqa: E402
+    make_train_function, skip_if_any_replica_nonfinite)
 from hmsa_keras.training.optimizer import build_optimizer  # noqa: E402
 
 DEVICES = ["/cpu:0", "/cpu:1"]
@@ -132,7 +132,7 @@ def equivalence(out_path):
 
 
 def lso_skip(result):
-    """_skip_if_any_replica_nonfinite: a non-finite gradient on replica 1 only must make the
+    """skip_if_any_replica_nonfinite: a non-finite gradient on replica 1 only must make the
     LossScaleOptimizer skip the step on every replica (REFERENCE s7)."""
     keras.mixed_precision.set_global_policy("float32")
     strategy = mirrored_strategy()
@@ -151,7 +151,7 @@ def lso_skip(result):
             grads = tape.gradient(scaled, [w.value])
             bad = tf.cast(ctx.replica_id_in_sync_group == poison_replica, tf.float32)
             grads = [grads[0] + tf.where(bad > 0, float("inf"), 0.0)]
-            grads = _skip_if_any_replica_nonfinite(grads, opt)
+            grads = skip_if_any_replica_nonfinite(grads, opt)
             opt.apply_gradients(zip(grads, [w]))
             return grads[0]
         return strategy.run(replica_fn)

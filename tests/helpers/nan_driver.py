@@ -19,8 +19,8 @@ from hmsa_keras.models import hmsa as hmsa_module  # noqa: E402
 _compute = hmsa_module.HMSA.compute_loss_terms
 
 
-def compute_loss_terms(self, images, labels, training=True):
-    total, fused, terms = _compute(self, images, labels, training)
+def compute_loss_terms(self, images, labels, training=True, **kwargs):
+    total, fused, terms = _compute(self, images, labels, training, **kwargs)
     if training:
         step = tf.cast(self.optimizer.iterations, tf.float32) + 1.0
         total = total + tf.where(step >= float(nan_from), float("nan"), 0.0)
