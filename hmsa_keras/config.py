@@ -12,7 +12,8 @@ import logging
 import os
 from typing import Optional, Tuple
 
-TRUNKS = ("mobilenetv2", "resnet50", "resnet101")
+TRUNKS = ("mobilenetv2", "resnet50", "resnet101", "hrnetv2_w48")
+HEADS = ("deeplabv3plus", "ocr")  # None: the trunk's own (ocr for HRNet, else deeplabv3plus)
 OUTPUT_STRIDES = (8, 16)
 FUSIONS = ("hierarchical", "explicit", "mean", "max", "single")
 ATTENTION_HEADS = ("conv", "deconv")
@@ -38,6 +39,12 @@ class ModelConfig:
     fusion: str = "hierarchical"
     train_scales: Tuple[float, ...] = (0.5, 1.0)
     dropout: float = 0.0
+    # HRNetV2 + OCR (issue 15)
+    hrnet_width: int = 48  # channels of HRNetV2's highest-resolution branch (W48 = 48)
+    head: Optional[str] = None  # deeplabv3plus | ocr; None: ocr for HRNet, deeplabv3plus otherwise
+    ocr_mid_channels: int = 512
+    ocr_key_channels: int = 256
+    ocr_dropout: float = 0.05
 
     def to_dict(self):
         return dataclasses.asdict(self)

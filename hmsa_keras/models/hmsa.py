@@ -16,11 +16,11 @@ import tensorflow as tf
 
 from hmsa_keras.config import FUSIONS
 from hmsa_keras.models import fusion as F
-from hmsa_keras.models.segmenter import build_segmenter
+from hmsa_keras.models.segmenter import build_segmenter, resolve_head
 
 FREEZE_GROUPS = {
     "trunk": ("trunk",),
-    "seg_head": ("aspp_", "decoder_", "seg_", "aux_", "logits", "aux_logits"),
+    "seg_head": ("aspp_", "decoder_", "seg_", "aux_", "ocr_", "logits", "aux_logits"),
     "attention": ("attn_", "attention_logits"),
 }
 
@@ -69,7 +69,8 @@ class HMSA(keras.Model):
                  bn_momentum=0.9, sync_bn=False, aspp_channels=256, decoder_channels=256,
                  low_level_channels=48, attention_head="conv", attention_channels=256,
                  aux_head=False, dropout=0.0, fusion="hierarchical", train_scales=(0.5, 1.0),
-                 ignore_label=255, **kwargs):
+                 ignore_label=255, hrnet_width=48, head=None, ocr_mid_channels=512,
+                 ocr_key_channels=256, ocr_dropout=0.05, **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -79,6 +80,10 @@ class HMSA(keras.Model):
             decoder_channels=decoder_channels, low_level_channels=low_level_channels,
             attention_head=attention_head, attention_channels=attention_channels,
             aux_head=aux_head, dropout=dropout)
+        if resolve_head(trunk, head) == "ocr":  # issue 15; OCR's soft object regions are its aux
+            self.network_config.update(dict(
+                aux_head=True, hrnet_width=hrnet_width, head="ocr", ocr_mid_channels=ocr_mid_channels,
+                ocr_key_channels=ocr_key_channels, ocr_dropout=ocr_dropout))
         self.network = build_segmenter(**self.network_config)
         self.num_classes = num_classes
         self.fusion = fusion
