@@ -34,10 +34,12 @@ log = logging.getLogger("hmsa_keras")
 # scripts/eval_cityscapes.yml (0.5,1.0,2.0) and scripts/eval_mapillary.yml
 # (0.25,0.5,1.0,2.0, do_flip, pre_size 2177)
 DATASETS = {
-    "cityscapes": dict(num_classes=19, eval_scales=(0.5, 1.0, 2.0), eval_flip=False,
-                       eval_long_edge=None),
-    "mapillary": dict(num_classes=65, eval_scales=(0.25, 0.5, 1.0, 2.0), eval_flip=True,
-                      eval_long_edge=2177),
+    "cityscapes": dict(
+        num_classes=19, eval_scales=(0.5, 1.0, 2.0), eval_flip=False, eval_long_edge=None
+    ),
+    "mapillary": dict(
+        num_classes=65, eval_scales=(0.25, 0.5, 1.0, 2.0), eval_flip=True, eval_long_edge=2177
+    ),
 }
 MODEL_FILE = "best.keras"
 ALLOWED_ARCHS = ("ocrnet.HRNet_Mscale", "ocrnet.HRNet")
@@ -46,8 +48,10 @@ ALLOWED_ARCHS = ("ocrnet.HRNet_Mscale", "ocrnet.HRNet")
 def _check_arch(path, meta):
     arch = meta.get("arch")
     if isinstance(arch, str) and arch.split("network.")[-1] not in ALLOWED_ARCHS:
-        raise CheckpointError(f"{path}: checkpoint of arch {arch!r}; hmsa-convert reads "
-                              f"{', '.join(ALLOWED_ARCHS)} and the HRNetV2 ImageNet trunk")
+        raise CheckpointError(
+            f"{path}: checkpoint of arch {arch!r}; hmsa-convert reads "
+            f"{', '.join(ALLOWED_ARCHS)} and the HRNetV2 ImageNet trunk"
+        )
 
 
 def prepare(path, dataset, num_classes=None, allow_pickle=False):
@@ -79,21 +83,27 @@ def prepare(path, dataset, num_classes=None, allow_pickle=False):
         raise CheckpointError(f"{path}: {exc}") from None
     found = options.get("num_classes", expected_classes)
     if found != expected_classes:
-        source = f"--num_classes={num_classes}" if num_classes else f"{dataset} has {expected_classes}"
+        source = (
+            f"--num_classes={num_classes}" if num_classes else f"{dataset} has {expected_classes}"
+        )
         raise CheckpointError(
             f"{path}: the checkpoint predicts {found} classes (ocr.cls_head.weight "
             f"{list(state['ocr.cls_head.weight'].shape)}) but {source}: wrong --dataset or "
             "--num_classes? (to fine-tune on other classes, convert it with its own dataset, "
-            "then warm-start a new model from it with --init_from)")
+            "then warm-start a new model from it with --init_from)"
+        )
     if isinstance(meta.get("num_classes"), int) and meta["num_classes"] != found:
-        raise CheckpointError(f"{path}: its metadata says num_classes={meta['num_classes']} but "
-                              f"ocr.cls_head.weight has {found} rows: inconsistent file")
+        raise CheckpointError(
+            f"{path}: its metadata says num_classes={meta['num_classes']} but "
+            f"ocr.cls_head.weight has {found} rows: inconsistent file"
+        )
     options["num_classes"] = found
     return state, kind, options, unused
 
 
-def convert_checkpoint(path, output_dir, dataset, num_classes=None, allow_pickle=False,
-                       overwrite=False):
+def convert_checkpoint(
+    path, output_dir, dataset, num_classes=None, allow_pickle=False, overwrite=False
+):
     """Converts a reference checkpoint into ``output_dir`` (see module docstring).
 
     Args:
@@ -128,7 +138,8 @@ def convert_checkpoint(path, output_dir, dataset, num_classes=None, allow_pickle
     except CheckpointError as exc:
         raise CheckpointError(
             f"{path} does not match the HRNetV2 + OCR model read from its shapes "
-            f"({_describe(options)}): {exc}") from None
+            f"({_describe(options)}): {exc}"
+        ) from None
     mapped = hrnet_ocr.assign(state, entries)
     filled = {id(var) for _, var, _, _ in entries}
     fresh = sorted({w.path.rsplit("/", 1)[0] for w in model.network.weights if id(w) not in filled})
@@ -139,12 +150,35 @@ def convert_checkpoint(path, output_dir, dataset, num_classes=None, allow_pickle
     config_path = os.path.join(output_dir, "config.json")
     with open(config_path, "w") as f:
         f.write(to_json(model_config, data_config, train_config))
-    _write_report(os.path.join(output_dir, "conversion.txt"), path, kind, options, mapped, unused, fresh,
-                  state)
-    log.info("%s: %s checkpoint, %d tensors mapped, %d unused, %d layers at initialisation -> %s",
-             path, kind, len(mapped), len(unused), len(fresh), output_dir)
-    return dict(model=model, kind=kind, options=options, mapped=mapped, unused=unused, fresh=fresh,
-                model_path=model_path, config_path=config_path)
+    _write_report(
+        os.path.join(output_dir, "conversion.txt"),
+        path,
+        kind,
+        options,
+        mapped,
+        unused,
+        fresh,
+        state,
+    )
+    log.info(
+        "%s: %s checkpoint, %d tensors mapped, %d unused, %d layers at initialisation -> %s",
+        path,
+        kind,
+        len(mapped),
+        len(unused),
+        len(fresh),
+        output_dir,
+    )
+    return dict(
+        model=model,
+        kind=kind,
+        options=options,
+        mapped=mapped,
+        unused=unused,
+        fresh=fresh,
+        model_path=model_path,
+        config_path=config_path,
+    )
 
 
 def _describe(options):
@@ -165,10 +199,17 @@ def _run_configs(dataset, output_dir):
 
 def _write_report(path, checkpoint, kind, options, mapped, unused, fresh, state):
     counters = sorted(k for k in state if k.endswith(".num_batches_tracked"))
-    lines = [f"checkpoint: {checkpoint}", f"kind: {kind}", f"options: {_describe(options)}",
-             f"mapped tensors: {len(mapped)}", *mapped,
-             f"BatchNorm counters not needed: {len(counters)}",
-             f"unused tensors: {len(unused)}", *unused,
-             f"layers left at their initialisation: {len(fresh)}", *fresh]
+    lines = [
+        f"checkpoint: {checkpoint}",
+        f"kind: {kind}",
+        f"options: {_describe(options)}",
+        f"mapped tensors: {len(mapped)}",
+        *mapped,
+        f"BatchNorm counters not needed: {len(counters)}",
+        f"unused tensors: {len(unused)}",
+        *unused,
+        f"layers left at their initialisation: {len(fresh)}",
+        *fresh,
+    ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -35,23 +35,29 @@ BN_COUNTER = "num_batches_tracked"
 MAX_LISTED = 12
 
 # Keras trunk layer name -> reference module path (under backbone.); see models/hrnet.py
-_TRUNK_RULES = [(re.compile(p), t) for p, t in (
-    (r"^stem(\d)_(conv|bn)$", r"\2\1"),
-    (r"^layer1_b(\d+)_(conv|bn)(\d)$", r"layer1.\1.\2\3"),
-    (r"^layer1_b(\d+)_down_conv$", r"layer1.\1.downsample.0"),
-    (r"^layer1_b(\d+)_down_bn$", r"layer1.\1.downsample.1"),
-    (r"^transition(\d)_br(\d)_conv$", r"transition\1.\2.0"),
-    (r"^transition(\d)_br(\d)_bn$", r"transition\1.\2.1"),
-    (r"^transition(\d)_br(\d)_down(\d)_conv$", r"transition\1.\2.\3.0"),
-    (r"^transition(\d)_br(\d)_down(\d)_bn$", r"transition\1.\2.\3.1"),
-    (r"^stage(\d)_m(\d+)_br(\d)_b(\d+)_(conv|bn)(\d)$", r"stage\1.\2.branches.\3.\4.\5\6"),
-    (r"^stage(\d)_m(\d+)_br(\d)_b(\d+)_down_conv$", r"stage\1.\2.branches.\3.\4.downsample.0"),
-    (r"^stage(\d)_m(\d+)_br(\d)_b(\d+)_down_bn$", r"stage\1.\2.branches.\3.\4.downsample.1"),
-    (r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_conv$", r"stage\1.\2.fuse_layers.\3.\4.0"),
-    (r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_bn$", r"stage\1.\2.fuse_layers.\3.\4.1"),
-    (r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_down(\d)_conv$", r"stage\1.\2.fuse_layers.\3.\4.\5.0"),
-    (r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_down(\d)_bn$", r"stage\1.\2.fuse_layers.\3.\4.\5.1"),
-)]
+_TRUNK_RULES = [
+    (re.compile(p), t)
+    for p, t in (
+        (r"^stem(\d)_(conv|bn)$", r"\2\1"),
+        (r"^layer1_b(\d+)_(conv|bn)(\d)$", r"layer1.\1.\2\3"),
+        (r"^layer1_b(\d+)_down_conv$", r"layer1.\1.downsample.0"),
+        (r"^layer1_b(\d+)_down_bn$", r"layer1.\1.downsample.1"),
+        (r"^transition(\d)_br(\d)_conv$", r"transition\1.\2.0"),
+        (r"^transition(\d)_br(\d)_bn$", r"transition\1.\2.1"),
+        (r"^transition(\d)_br(\d)_down(\d)_conv$", r"transition\1.\2.\3.0"),
+        (r"^transition(\d)_br(\d)_down(\d)_bn$", r"transition\1.\2.\3.1"),
+        (r"^stage(\d)_m(\d+)_br(\d)_b(\d+)_(conv|bn)(\d)$", r"stage\1.\2.branches.\3.\4.\5\6"),
+        (r"^stage(\d)_m(\d+)_br(\d)_b(\d+)_down_conv$", r"stage\1.\2.branches.\3.\4.downsample.0"),
+        (r"^stage(\d)_m(\d+)_br(\d)_b(\d+)_down_bn$", r"stage\1.\2.branches.\3.\4.downsample.1"),
+        (r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_conv$", r"stage\1.\2.fuse_layers.\3.\4.0"),
+        (r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_bn$", r"stage\1.\2.fuse_layers.\3.\4.1"),
+        (
+            r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_down(\d)_conv$",
+            r"stage\1.\2.fuse_layers.\3.\4.\5.0",
+        ),
+        (r"^stage(\d)_m(\d+)_fuse(\d)_from(\d)_down(\d)_bn$", r"stage\1.\2.fuse_layers.\3.\4.\5.1"),
+    )
+]
 
 _OBJECT_BLOCK = "ocr.ocr_distri_head.object_context_block"
 # Keras head layer name -> reference module path; see models/ocr.py
@@ -112,19 +118,23 @@ def detect_kind(state) -> str:
     """
     if any(k.startswith("backbone.") for k in state):
         return "mscale" if any(k.startswith("scale_attn.") for k in state) else "ocrnet"
-    if "conv1.weight" in state and any(k.startswith("stage4.") for k in state):
+    renamed = {k.replace("model.", "") for k in state}  # as the reference's loader renames them
+    if "conv1.weight" in renamed and any(k.startswith("stage4.") for k in renamed):
         return "imagenet"
     sample = ", ".join(sorted(state)[:5])
     raise CheckpointError(
         "not an HRNet-OCR checkpoint: expected keys 'backbone.*' (reference ocrnet.HRNet_Mscale "
         "or ocrnet.HRNet) or 'conv1.weight' + 'stage4.*' (HRNetV2 ImageNet weights); "
-        f"first keys: {sample}")
+        f"first keys: {sample}"
+    )
 
 
 def imagenet_to_trunk(state):
     """ImageNet HRNet keys as the reference's loader renames them, under ``backbone.``;
     returns ``(trunk_state, unused_keys)`` (the ImageNet classification head)."""
-    renamed = {k.replace("last_layer", "aux_head").replace("model.", ""): v for k, v in state.items()}
+    renamed = {
+        k.replace("last_layer", "aux_head").replace("model.", ""): v for k, v in state.items()
+    }
     unused = sorted(k for k in renamed if k.startswith(IMAGENET_HEAD_PREFIXES))
     trunk = {f"backbone.{k}": v for k, v in renamed.items() if k not in unused}
     return trunk, unused
@@ -149,9 +159,10 @@ def infer_options(state, kind) -> dict:
         value = state.get(key)
         if value is None or value.ndim != 4:
             got = "missing" if value is None else f"shape {list(value.shape)}"
-            raise CheckpointError(f"cannot read {option} of this {kind} checkpoint: tensor {key!r} "
-                                  f"is {got} (expected a 4-D convolution kernel): not the "
-                                  "reference's HRNetV2 + OCR architecture?")
+            raise CheckpointError(
+                f"cannot read {option}: tensor {key!r} is {got} (expected a "
+                "4-D convolution kernel): not the reference's HRNetV2 + OCR?"
+            )
         options[option] = int(value.shape[axis])
     return options
 
@@ -164,10 +175,15 @@ def _layer_entries(layer, module):
             entries.append((f"{module}.bias", layer.bias, None))
         return entries
     if isinstance(layer, keras.layers.BatchNormalization):
-        return [(f"{module}.weight", layer.gamma, None), (f"{module}.bias", layer.beta, None),
-                (f"{module}.running_mean", layer.moving_mean, None),
-                (f"{module}.running_var", layer.moving_variance, None)]
-    raise TypeError(f"layer {layer.name!r} ({type(layer).__name__}) has weights but no conversion rule")
+        return [
+            (f"{module}.weight", layer.gamma, None),
+            (f"{module}.bias", layer.beta, None),
+            (f"{module}.running_mean", layer.moving_mean, None),
+            (f"{module}.running_var", layer.moving_variance, None),
+        ]
+    raise TypeError(
+        f"layer {layer.name!r} ({type(layer).__name__}) has weights but no conversion rule"
+    )
 
 
 def name_map(network, kind="mscale"):
@@ -182,7 +198,9 @@ def name_map(network, kind="mscale"):
     for layer in trunk.layers:
         if layer.weights:
             module = "backbone." + trunk_module(layer.name)
-            entries += [(k, v, t, f"trunk/{layer.name}") for k, v, t in _layer_entries(layer, module)]
+            entries += [
+                (k, v, t, f"trunk/{layer.name}") for k, v, t in _layer_entries(layer, module)
+            ]
     if kind == "imagenet":
         return entries
     for layer in network.layers:
@@ -208,10 +226,16 @@ def check(state, entries, ignored=()):
     mismatches between ``state`` (reference layout) and ``entries`` (:func:`name_map`)."""
     expected = {key: _target_shape(var.shape, t) for key, var, t, _ in entries}
     missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected and k not in ignored
-                        and not k.endswith("." + BN_COUNTER))
-    mismatched = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(shape)}"
-                  for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape]
+    unexpected = sorted(
+        k
+        for k in state
+        if k not in expected and k not in ignored and not k.endswith("." + BN_COUNTER)
+    )
+    mismatched = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(shape)}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != shape
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing tensor(s): {_listed(missing)}")

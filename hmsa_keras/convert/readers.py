@@ -51,8 +51,10 @@ def read_checkpoint(path: str, allow_pickle: bool = False):
     elif path.endswith(TORCH_SUFFIXES):
         state, meta = _read_torch(path, allow_pickle)
     else:
-        raise CheckpointError(f"{path}: unknown checkpoint format; expected a PyTorch file "
-                              f"({', '.join(TORCH_SUFFIXES)}) or a NumPy state_dict (.npz)")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format; expected a PyTorch file "
+            f"({', '.join(TORCH_SUFFIXES)}) or a NumPy state_dict (.npz)"
+        )
     if not state:
         raise CheckpointError(f"{path}: holds no tensors")
     return strip_prefix(state), meta
@@ -60,7 +62,7 @@ def read_checkpoint(path: str, allow_pickle: bool = False):
 
 def strip_prefix(state, prefix=DATAPARALLEL_PREFIX):
     """``state`` with ``prefix`` removed from the keys that start with it."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def _read_npz(path):
@@ -68,17 +70,21 @@ def _read_npz(path):
         with np.load(path, allow_pickle=False) as data:
             return {k: np.asarray(data[k]) for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: cannot read as a NumPy .npz state_dict (truncated or not "
-                              f"an .npz file?): {exc}") from None
+        raise CheckpointError(
+            f"{path}: cannot read as a NumPy .npz state_dict (truncated or not "
+            f"an .npz file?): {exc}"
+        ) from None
 
 
 def _import_torch():
     try:
         import torch
     except ImportError:
-        raise ImportError("reading PyTorch checkpoints (.pth) needs PyTorch: "
-                          "pip install \"hmsa_keras[convert]\" (or convert a .npz state_dict, which "
-                          "needs no PyTorch)") from None
+        raise ImportError(
+            "reading PyTorch checkpoints (.pth) needs PyTorch: "
+            'pip install "hmsa_keras[convert]" (or convert a .npz state_dict, which '
+            "needs no PyTorch)"
+        ) from None
     return torch
 
 
@@ -91,23 +97,37 @@ def _read_torch(path, allow_pickle):
             with torch.serialization.safe_globals(_numpy_globals()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, not a torch file, or a refused global
-        hint = "" if allow_pickle else (
-            " If the file is trusted and holds other Python objects, pass --allow_pickle.")
-        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint (truncated or not a "
-                              f"torch.save file?): {type(exc).__name__}: {exc}.{hint}") from None
+        refused = not allow_pickle and "weights only" in str(exc).lower()
+        hint = (
+            (
+                " It holds Python objects that weights-only loading refuses: if you trust the "
+                "file, pass --allow_pickle."
+            )
+            if refused
+            else ""
+        )
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path}: cannot read as a PyTorch checkpoint (truncated or not a "
+            f"torch.save file?): {type(exc).__name__}: {first_line}{hint}"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         state = obj["state_dict"]
-        meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float)) and k != "state_dict"}
+        meta = {
+            k: v for k, v in obj.items() if isinstance(v, (str, int, float)) and k != "state_dict"
+        }
     elif isinstance(obj, dict):
         state, meta = obj, {}
     else:
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a state_dict or "
-                              "{'state_dict': ...}")
+        raise CheckpointError(
+            f"{path}: holds a {type(obj).__name__}, expected a state_dict or {{'state_dict': ...}}"
+        )
     tensors = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {key!r} of the state_dict is a "
-                                  f"{type(value).__name__}, not a tensor")
+            raise CheckpointError(
+                f"{path}: entry {key!r} of the state_dict is a {type(value).__name__}, not a tensor"
+            )
         tensors[key] = value.detach().cpu().numpy()
     return tensors, meta
 

@@ -82,8 +82,9 @@ class HMSA(keras.Model):
             aux_head=aux_head, dropout=dropout)
         if resolve_head(trunk, head) == "ocr":  # issue 15; OCR's soft object regions are its aux
             self.network_config.update(dict(
-                aux_head=True, hrnet_width=hrnet_width, head="ocr", ocr_mid_channels=ocr_mid_channels,
-                ocr_key_channels=ocr_key_channels, ocr_dropout=ocr_dropout))
+                aux_head=True, hrnet_width=hrnet_width, head="ocr",
+                ocr_mid_channels=ocr_mid_channels, ocr_key_channels=ocr_key_channels,
+                ocr_dropout=ocr_dropout))
         self.network = build_segmenter(**self.network_config)
         self.num_classes = num_classes
         self.fusion = fusion

@@ -47,7 +47,7 @@ TRUNK_WIDTHS = {"hrnetv2_w48": 48}
 
 def hrnet_channels(width: int) -> int:
     """Channels of the trunk output: the sum over the 4 branches, 15 * width (720 for W48)."""
-    return sum(width * 2 ** b for b in range(4))
+    return sum(width * 2**b for b in range(4))
 
 
 class _Blocks:
@@ -62,8 +62,9 @@ class _Blocks:
         else:
             x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
             padding = "valid"
-        return keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding,
-                                   use_bias=False, name=name)(x)
+        return keras.layers.Conv2D(
+            filters, kernel, strides=stride, padding=padding, use_bias=False, name=name
+        )(x)
 
     def conv_bn(self, x, filters, kernel, name, stride=1, relu=True):
         x = self.conv(x, filters, kernel, f"{name}_conv", stride)
@@ -133,16 +134,23 @@ def _module(blocks, inputs, channels, name):
             else:  # higher resolution: (i - j) stride-2 3x3 convolutions
                 for k in range(i - j):
                     last = k == i - j - 1
-                    x = blocks.conv_bn(x, ch if last else x.shape[-1], 3, f"{prefix}_down{k}",
-                                       stride=2, relu=not last)
+                    x = blocks.conv_bn(
+                        x,
+                        ch if last else x.shape[-1],
+                        3,
+                        f"{prefix}_down{k}",
+                        stride=2,
+                        relu=not last,
+                    )
                 terms.append(x)
         y = keras.layers.Add(name=f"{name}_fuse{i}_sum")(terms)
         fused.append(keras.layers.ReLU(name=f"{name}_fuse{i}_relu")(y))
     return fused
 
 
-def build_hrnet(width: int = 48, bn_momentum: float = 0.9, sync_bn: bool = False,
-                name: str = "trunk") -> keras.Model:
+def build_hrnet(
+    width: int = 48, bn_momentum: float = 0.9, sync_bn: bool = False, name: str = "trunk"
+) -> keras.Model:
     """HRNetV2 trunk (see module docstring).
 
     Args:
@@ -165,11 +173,12 @@ def build_hrnet(width: int = 48, bn_momentum: float = 0.9, sync_bn: bool = False
         x = blocks.bottleneck(x, STEM_CHANNELS, f"layer1_b{k}")
     branches = [x]
     for stage, (modules, num_branches) in enumerate(STAGES, start=2):
-        channels = [width * 2 ** b for b in range(num_branches)]
+        channels = [width * 2**b for b in range(num_branches)]
         branches = _transition(blocks, branches, channels, f"transition{stage - 1}")
         for m in range(modules):
             branches = _module(blocks, branches, channels, f"stage{stage}_m{m}")
-    upsampled = [branches[0]] + [ResizeLike(name=f"head_up{b}")(x, branches[0])
-                                 for b, x in enumerate(branches[1:], start=1)]
+    upsampled = [branches[0]] + [
+        ResizeLike(name=f"head_up{b}")(x, branches[0]) for b, x in enumerate(branches[1:], start=1)
+    ]
     features = keras.layers.Concatenate(name="head_concat")(upsampled)
     return keras.Model(image, features, name=name)

@@ -85,17 +85,20 @@ def _bn_relu(x, layers, name):
     return keras.layers.ReLU(name=f"{name}_relu")(layers.bn(f"{name}_bn")(x))
 
 
-def ocr_head(features, layers: LayerFactory, num_classes, mid_channels=512, key_channels=256,
-             dropout=0.05):
+def ocr_head(
+    features, layers: LayerFactory, num_classes, mid_channels=512, key_channels=256, dropout=0.05
+):
     """The OCR head on the trunk's ``features`` ``[B, h, w, C]`` (see module docstring).
 
     Returns ``(logits, aux_logits, ocr_features)`` at the size of ``features``:
     ``[B, h, w, K]``, ``[B, h, w, K]`` and ``[B, h, w, mid_channels]``.
     """
-    feats = _bn_relu(_conv(features, mid_channels, 3, "ocr_conv3x3_conv", use_bias=True),
-                     layers, "ocr_conv3x3")
-    aux = _bn_relu(_conv(features, features.shape[-1], 1, "aux_1_conv", use_bias=True),
-                   layers, "aux_1")
+    feats = _bn_relu(
+        _conv(features, mid_channels, 3, "ocr_conv3x3_conv", use_bias=True), layers, "ocr_conv3x3"
+    )
+    aux = _bn_relu(
+        _conv(features, features.shape[-1], 1, "aux_1_conv", use_bias=True), layers, "aux_1"
+    )
     aux_logits = _conv(aux, num_classes, 1, "aux_out", use_bias=True)
 
     centres = SpatialGather(name="ocr_gather")(feats, aux_logits)
@@ -157,9 +160,12 @@ def build_ocr_segmenter(
     """
     if trunk not in TRUNK_WIDTHS:
         raise ValueError(f"the OCR head runs on {sorted(TRUNK_WIDTHS)}, got trunk={trunk!r}")
-    for name, value in (("num_classes", num_classes), ("ocr_mid_channels", ocr_mid_channels),
-                        ("ocr_key_channels", ocr_key_channels),
-                        ("attention_channels", attention_channels)):
+    for name, value in (
+        ("num_classes", num_classes),
+        ("ocr_mid_channels", ocr_mid_channels),
+        ("ocr_key_channels", ocr_key_channels),
+        ("attention_channels", attention_channels),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not 0.0 <= ocr_dropout < 1.0:
@@ -168,7 +174,8 @@ def build_ocr_segmenter(
     image = keras.Input((None, None, 3), name="image")
     features = build_hrnet(hrnet_width, bn_momentum, sync_bn, name="trunk")(image)
     logits, aux_logits, ocr_features = ocr_head(
-        features, layers, num_classes, ocr_mid_channels, ocr_key_channels, ocr_dropout)
+        features, layers, num_classes, ocr_mid_channels, ocr_key_channels, ocr_dropout
+    )
     attention = conv_head(ocr_features, layers, 1, "attn", attention_channels)
     outputs = {
         "logits": _to_input_size(logits, image, "logits"),
