@@ -50,8 +50,9 @@ def test_name_map_rules():
 
 def test_prepare_reads_the_architecture_from_shapes(state, tmp_path):
     prefixed = {f"module.{k}": v for k, v in state.items()}  # torch.nn.DataParallel keys
+    prefixed["module.criterion.nll_loss.weight"] = np.ones(3, np.float32)  # a loss buffer
     _, kind, options, unused = prepare(_npz(tmp_path, prefixed), "cityscapes", num_classes=3)
-    assert kind == "mscale" and not unused
+    assert kind == "mscale" and unused == ["criterion.nll_loss.weight"]
     assert options == dict(
         hrnet_width=4,
         num_classes=3,

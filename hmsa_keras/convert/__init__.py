@@ -75,9 +75,12 @@ def prepare(path, dataset, num_classes=None, allow_pickle=False):
     _check_arch(path, meta)
     try:
         kind = hrnet_ocr.detect_kind(state)
-        unused = []
+        # buffers of the loss module the reference keeps as net.criterion (class weights)
+        unused = sorted(k for k in state if k.startswith("criterion."))
+        state = {k: v for k, v in state.items() if k not in unused}
         if kind == "imagenet":
-            state, unused = hrnet_ocr.imagenet_to_trunk(state)
+            state, imagenet_head = hrnet_ocr.imagenet_to_trunk(state)
+            unused += imagenet_head
         options = hrnet_ocr.infer_options(state, kind)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
