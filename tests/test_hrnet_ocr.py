@@ -28,8 +28,8 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def golden_model(golden, tmp_path_factory):
-    return C.convert(golden, str(tmp_path_factory.mktemp("golden_model")))
+def golden_model(golden):
+    return C.convert(golden)
 
 
 def test_trunk_is_stride_4_with_15_width_channels_and_ceil_sizes(golden_model):

@@ -14,6 +14,8 @@ recognises the architecture from its keys and shapes, maps every tensor onto an
 - ``conversion.txt``: one line per tensor mapped (reference key and shape -> Keras weight
   and shape), the tensors not used, and the layers left at their initialisation.
 
+``load_checkpoint(path, dataset)`` does the same in memory and returns the model.
+
 Supported architectures: the reference's HRNetV2 + OCR (``ocrnet.HRNet_Mscale``,
 ``ocrnet.HRNet``) and its HRNetV2 ImageNet trunk file.
 """
@@ -26,7 +28,14 @@ import os
 
 from hmsa_keras.convert.readers import CheckpointError, read_checkpoint
 
-__all__ = ["CheckpointError", "DATASETS", "convert_checkpoint", "read_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "DATASETS",
+    "convert_checkpoint",
+    "load_checkpoint",
+    "prepare",
+    "read_checkpoint",
+]
 
 log = logging.getLogger("hmsa_keras")
 
@@ -104,34 +113,24 @@ def prepare(path, dataset, num_classes=None, allow_pickle=False):
     return state, kind, options, unused
 
 
-def convert_checkpoint(
-    path, output_dir, dataset, num_classes=None, allow_pickle=False, overwrite=False
-):
-    """Converts a reference checkpoint into ``output_dir`` (see module docstring).
+def load_checkpoint(path, dataset, num_classes=None, allow_pickle=False):
+    """Builds the :class:`~hmsa_keras.HMSA` model a reference checkpoint describes and fills
+    it, in memory (:func:`convert_checkpoint` also writes it out).
 
-    Args:
-      path: ``.pth`` (needs PyTorch) or ``.npz`` state_dict.
-      output_dir: created if needed.
-      dataset: ``cityscapes`` or ``mapillary``: class count, evaluation chain and flip.
-      num_classes: overrides the dataset's class count (must match the checkpoint's head).
-      allow_pickle: read ``.pth`` files holding arbitrary Python objects (trusted files).
-      overwrite: replace an existing ``best.keras`` in ``output_dir``.
+    Args: as :func:`convert_checkpoint`.
     Returns:
-      a dict: ``model`` (the :class:`~hmsa_keras.HMSA`), ``kind``, ``options``,
-      ``mapped`` (report lines), ``unused`` (keys), ``fresh`` (Keras layers not filled),
-      ``model_path``, ``config_path``.
+      a dict: ``model``, ``model_config`` (:class:`~hmsa_keras.config.ModelConfig`), ``kind``,
+      ``options`` (read from shapes), ``mapped`` (one report line per tensor), ``unused``
+      (checkpoint keys not used), ``fresh`` (Keras layers left at their initialisation),
+      ``counters`` (BatchNorm ``num_batches_tracked`` keys, not needed).
     Raises:
       CheckpointError: see :func:`prepare`; also missing/unexpected tensors or shape
         mismatches against the architecture read from the checkpoint.
-      FileExistsError: ``best.keras`` exists and ``overwrite`` is false.
     """
     from hmsa_keras.api import build_model
-    from hmsa_keras.config import ModelConfig, to_json
+    from hmsa_keras.config import ModelConfig
     from hmsa_keras.convert import hrnet_ocr
 
-    model_path = os.path.join(output_dir, MODEL_FILE)
-    if os.path.exists(model_path) and not overwrite:
-        raise FileExistsError(f"{model_path} exists; pass --overwrite to replace it")
     state, kind, options, unused = prepare(path, dataset, num_classes, allow_pickle)
     model_config = ModelConfig(trunk="hrnetv2_w48", head="ocr", aux_head=True, **options)
     model = build_model(model_config)
@@ -146,42 +145,60 @@ def convert_checkpoint(
     mapped = hrnet_ocr.assign(state, entries)
     filled = {id(var) for _, var, _, _ in entries}
     fresh = sorted({w.path.rsplit("/", 1)[0] for w in model.network.weights if id(w) not in filled})
-
-    os.makedirs(output_dir, exist_ok=True)
-    model.save(model_path)
-    data_config, train_config = _run_configs(dataset, output_dir)
-    config_path = os.path.join(output_dir, "config.json")
-    with open(config_path, "w") as f:
-        f.write(to_json(model_config, data_config, train_config))
-    _write_report(
-        os.path.join(output_dir, "conversion.txt"),
-        path,
-        kind,
-        options,
-        mapped,
-        unused,
-        fresh,
-        state,
-    )
-    log.info(
-        "%s: %s checkpoint, %d tensors mapped, %d unused, %d layers at initialisation -> %s",
-        path,
-        kind,
-        len(mapped),
-        len(unused),
-        len(fresh),
-        output_dir,
-    )
+    counters = sorted(k for k in state if k.endswith("." + hrnet_ocr.BN_COUNTER))
     return dict(
         model=model,
+        model_config=model_config,
         kind=kind,
         options=options,
         mapped=mapped,
         unused=unused,
         fresh=fresh,
-        model_path=model_path,
-        config_path=config_path,
+        counters=counters,
     )
+
+
+def convert_checkpoint(
+    path, output_dir, dataset, num_classes=None, allow_pickle=False, overwrite=False
+):
+    """Converts a reference checkpoint into ``output_dir`` (see module docstring).
+
+    Args:
+      path: ``.pth`` (needs PyTorch) or ``.npz`` state_dict.
+      output_dir: created if needed.
+      dataset: ``cityscapes`` or ``mapillary``: class count, evaluation chain and flip.
+      num_classes: overrides the dataset's class count (must match the checkpoint's head).
+      allow_pickle: read ``.pth`` files holding arbitrary Python objects (trusted files).
+      overwrite: replace an existing ``best.keras`` in ``output_dir``.
+    Returns:
+      the dict of :func:`load_checkpoint` plus ``model_path`` and ``config_path``.
+    Raises:
+      CheckpointError: see :func:`load_checkpoint` (nothing is written then).
+      FileExistsError: ``best.keras`` exists and ``overwrite`` is false.
+    """
+    from hmsa_keras.config import to_json
+
+    model_path = os.path.join(output_dir, MODEL_FILE)
+    if os.path.exists(model_path) and not overwrite:
+        raise FileExistsError(f"{model_path} exists; pass --overwrite to replace it")
+    result = load_checkpoint(path, dataset, num_classes, allow_pickle)
+    os.makedirs(output_dir, exist_ok=True)
+    result["model"].save(model_path)
+    data_config, train_config = _run_configs(dataset, output_dir)
+    config_path = os.path.join(output_dir, "config.json")
+    with open(config_path, "w") as f:
+        f.write(to_json(result["model_config"], data_config, train_config))
+    _write_report(os.path.join(output_dir, "conversion.txt"), path, result)
+    log.info(
+        "%s: %s checkpoint, %d tensors mapped, %d unused, %d layers at initialisation -> %s",
+        path,
+        result["kind"],
+        len(result["mapped"]),
+        len(result["unused"]),
+        len(result["fresh"]),
+        output_dir,
+    )
+    return dict(result, model_path=model_path, config_path=config_path)
 
 
 def _describe(options):
@@ -200,19 +217,18 @@ def _run_configs(dataset, output_dir):
     return data, TrainConfig(**train)
 
 
-def _write_report(path, checkpoint, kind, options, mapped, unused, fresh, state):
-    counters = sorted(k for k in state if k.endswith(".num_batches_tracked"))
+def _write_report(path, checkpoint, result):
     lines = [
         f"checkpoint: {checkpoint}",
-        f"kind: {kind}",
-        f"options: {_describe(options)}",
-        f"mapped tensors: {len(mapped)}",
-        *mapped,
-        f"BatchNorm counters not needed: {len(counters)}",
-        f"unused tensors: {len(unused)}",
-        *unused,
-        f"layers left at their initialisation: {len(fresh)}",
-        *fresh,
+        f"kind: {result['kind']}",
+        f"options: {_describe(result['options'])}",
+        f"mapped tensors: {len(result['mapped'])}",
+        *result["mapped"],
+        f"BatchNorm counters not needed: {len(result['counters'])}",
+        f"unused tensors: {len(result['unused'])}",
+        *result["unused"],
+        f"layers left at their initialisation: {len(result['fresh'])}",
+        *result["fresh"],
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -39,19 +38,12 @@ class Golden:
         self.chains = tuple(tuple(c) for c in self.meta["chains"])
 
 
-def convert(golden, output_dir=None):
-    """The golden state_dict converted with hmsa_keras.convert (dataset cityscapes, the
-    golden's class count); returns the HMSA model."""
-    from hmsa_keras.convert import convert_checkpoint
+def convert(golden):
+    """The golden state_dict converted in memory with hmsa_keras.convert (dataset cityscapes,
+    the golden's class count); returns the HMSA model."""
+    from hmsa_keras.convert import load_checkpoint
 
-    output_dir = output_dir or tempfile.mkdtemp(prefix="hrnet_ocr_golden_")
-    result = convert_checkpoint(
-        golden.state_dict_path,
-        output_dir,
-        "cityscapes",
-        num_classes=golden.meta["num_classes"],
-        overwrite=True,
-    )
+    result = load_checkpoint(golden.state_dict_path, "cityscapes", golden.meta["num_classes"])
     if result["fresh"] or result["unused"]:
         raise AssertionError(
             f"golden conversion left {result['fresh']} fresh, {result['unused']} unused"
