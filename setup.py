@@ -20,7 +20,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "hmsa_keras", "hmsa_keras.models", "hmsa_keras.data", "hmsa_keras.training", "hmsa_keras.cli",
-        "hmsa_keras.export", "hmsa_keras.recipes",
+        "hmsa_keras.export", "hmsa_keras.recipes", "hmsa_keras.convert",
     ],
     # the flagfile recipes live in the top-level flags/ folder and install as hmsa_keras.recipes
     package_dir={"hmsa_keras.recipes": "flags"},
@@ -37,6 +37,7 @@ setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
+        "convert": ["torch>=2.1"],  # hmsa-convert reading .pth checkpoints (issue 15)
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "cityscapesscripts>=2.2,<3", "importlib_resources>=6"],
     },
     entry_points={
@@ -47,6 +48,7 @@ setup(
             "hmsa-autolabel=hmsa_keras.cli.predict:run_autolabel",
             "hmsa-export=hmsa_keras.cli.export:run",
             "hmsa-data=hmsa_keras.cli.data:run",
+            "hmsa-convert=hmsa_keras.cli.convert:run",
         ],
     },
 )

@@ -30,7 +30,8 @@ from typing import Optional, Tuple
 
 from hmsa_keras import conventions
 
-TRUNKS = ("mobilenetv2", "resnet50", "resnet101")
+TRUNKS = ("mobilenetv2", "resnet50", "resnet101", "hrnetv2_w48")
+HEADS = ("deeplabv3plus", "ocr")
 OUTPUT_STRIDES = (8, 16)
 FUSIONS = ("hierarchical", "explicit", "mean", "max", "single")
 ATTENTION_HEADS = ("conv", "deconv")
@@ -103,6 +104,17 @@ class ModelConfig:
                          "scales), mean, max, single (one scale).", choices=FUSIONS)
     train_scales: Tuple[float, ...] = option((0.5, 1.0), "Scales run in training (HMSA: 0.5,1.0).",
                                              kind="scales")
+    head: Optional[str] = option(
+        None, "Segmentation head: deeplabv3plus (ASPP + decoder) or ocr (object-contextual "
+        "representations). Default: the trunk's own: ocr for hrnetv2_w48, deeplabv3plus otherwise.",
+        choices=HEADS)
+    hrnet_width: int = option(48, "HRNetV2 width: channels of the highest-resolution branch (48 = W48, "
+                              "the reference's; smaller for tests).", lower=1)
+    ocr_mid_channels: int = option(512, "OCR head: channels of the pixel features (reference "
+                                   "MODEL.OCR.MID_CHANNELS).", lower=1)
+    ocr_key_channels: int = option(256, "OCR head: channels of the object-attention keys (reference "
+                                   "MODEL.OCR.KEY_CHANNELS).", lower=1)
+    ocr_dropout: float = option(0.05, "OCR head: dropout before the classifier.", lower=0.0, upper=0.99)
 
     def to_dict(self):
         return dataclasses.asdict(self)

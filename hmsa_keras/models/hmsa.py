@@ -26,11 +26,11 @@ from hmsa_keras import backend
 from hmsa_keras.config import FUSIONS
 from hmsa_keras.conventions import IGNORE_LABEL, min_size_problem, parse_scales
 from hmsa_keras.models import fusion as F
-from hmsa_keras.models.segmenter import build_segmenter
+from hmsa_keras.models.segmenter import build_segmenter, resolve_head
 
 FREEZE_GROUPS = {
     "trunk": ("trunk",),
-    "seg_head": ("aspp_", "decoder_", "seg_", "aux_", "logits", "aux_logits"),
+    "seg_head": ("aspp_", "decoder_", "seg_", "aux_", "ocr_", "logits", "aux_logits"),
     "attention": ("attn_", "attention_logits"),
 }
 
@@ -100,6 +100,13 @@ class HMSA(keras.Model):
         reference ``MSCALE_LO_SCALE`` 0.5 with 1.0), parsed by
         :func:`hmsa_keras.conventions.parse_scales` (finite, > 0, distinct; sorted);
         ``(1.0,)`` whatever is given when ``fusion="single"``.
+      head: ``"deeplabv3plus"`` or ``"ocr"``; default None: the trunk's own (``"ocr"`` for
+        ``"hrnetv2_w48"``, reference ``network/ocrnet.py: HRNet_Mscale``; DeepLabV3+ otherwise).
+        The OCR head always has its auxiliary output (its soft object regions).
+      hrnet_width: HRNetV2 width, channels of the highest-resolution branch (default 48 = W48;
+        :mod:`hmsa_keras.models.hrnet`).
+      ocr_mid_channels, ocr_key_channels, ocr_dropout: the OCR head (defaults 512, 256, 0.05,
+        reference ``MODEL.OCR.MID_CHANNELS``/``KEY_CHANNELS``; :mod:`hmsa_keras.models.ocr`).
       **kwargs: ``keras.Model`` arguments (``name``, ``dtype``, ``trainable``).
 
     Inputs are normalised float32 images ``[B, H, W, 3]`` (``(pixel / 255 - MEAN) / STD``,
@@ -114,7 +121,8 @@ class HMSA(keras.Model):
                  bn_momentum=0.9, sync_bn=False, aspp_channels=256, decoder_channels=256,
                  low_level_channels=48, attention_head="conv", attention_channels=256,
                  aux_head=False, dropout=0.0, fusion="hierarchical", train_scales=(0.5, 1.0),
-                 **kwargs):
+                 head=None, hrnet_width=48, ocr_mid_channels=512, ocr_key_channels=256,
+                 ocr_dropout=0.05, **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -127,6 +135,11 @@ class HMSA(keras.Model):
             decoder_channels=decoder_channels, low_level_channels=low_level_channels,
             attention_head=attention_head, attention_channels=attention_channels,
             aux_head=aux_head, dropout=dropout)
+        head = resolve_head(trunk, head)
+        self.network_config.update(head=head, hrnet_width=hrnet_width, ocr_mid_channels=ocr_mid_channels,
+                                   ocr_key_channels=ocr_key_channels, ocr_dropout=ocr_dropout)
+        if head == "ocr":  # OCR's soft object regions are its auxiliary output (reference ocrnet.py)
+            self.network_config["aux_head"] = True
         self.train_scales = ((1.0,) if fusion == "single"
                              else parse_scales(train_scales, "train_scales"))
         self.network = build_segmenter(**self.network_config)

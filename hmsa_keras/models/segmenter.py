@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keras
 
-from hmsa_keras.config import ATTENTION_HEADS
+from hmsa_keras.config import ATTENTION_HEADS, HEADS
 from hmsa_keras.models import heads
 from hmsa_keras.models.trunks import build_trunk
 
@@ -23,6 +23,17 @@ from hmsa_keras.models.trunks import build_trunk
 def _to_input_size(x, image, name):
     x = heads.ResizeLike(name=f"{name}_resize")(x, image)
     return keras.layers.Activation("linear", dtype="float32", name=name)(x)
+
+
+def resolve_head(trunk, head=None):
+    """The head a trunk gets: ``head`` if given, else ocr for HRNet, deeplabv3plus otherwise."""
+    if head is not None and head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS} (or None for the trunk's own), got {head!r}")
+    resolved = head or ("ocr" if trunk == "hrnetv2_w48" else "deeplabv3plus")
+    if (resolved == "ocr") != (trunk == "hrnetv2_w48"):
+        raise ValueError(f"head {resolved!r} does not run on trunk {trunk!r}: the OCR head runs on "
+                         "hrnetv2_w48, DeepLabV3+ on mobilenetv2/resnet50/resnet101")
+    return resolved
 
 
 def build_segmenter(
@@ -40,8 +51,24 @@ def build_segmenter(
     attention_channels: int = 256,
     aux_head: bool = False,
     dropout: float = 0.0,
+    hrnet_width: int = 48,
+    head: str | None = None,
+    ocr_mid_channels: int = 512,
+    ocr_key_channels: int = 256,
+    ocr_dropout: float = 0.05,
 ) -> keras.Model:
-    """Builds the functional single-scale network (see module docstring)."""
+    """Builds the functional single-scale network (see module docstring).
+
+    ``head="ocr"`` (the default for ``trunk="hrnetv2_w48"``) builds HRNetV2 + OCR instead
+    (:func:`hmsa_keras.models.ocr.build_ocr_segmenter`, same outputs, always with aux).
+    """
+    if resolve_head(trunk, head) == "ocr":
+        from hmsa_keras.models.ocr import build_ocr_segmenter
+
+        return build_ocr_segmenter(
+            num_classes, trunk, hrnet_width=hrnet_width, bn_momentum=bn_momentum, sync_bn=sync_bn,
+            ocr_mid_channels=ocr_mid_channels, ocr_key_channels=ocr_key_channels,
+            ocr_dropout=ocr_dropout, attention_channels=attention_channels)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if attention_head not in ATTENTION_HEADS:
