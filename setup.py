@@ -3,7 +3,7 @@
 import os
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # CPU by default (the pinned stack); GPU machines: HMSA_TENSORFLOW="tensorflow[and-cuda]" pip install .
 TENSORFLOW = os.environ.get("HMSA_TENSORFLOW", "tensorflow-cpu")
@@ -18,10 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=[
-        "hmsa_keras", "hmsa_keras.models", "hmsa_keras.data", "hmsa_keras.training", "hmsa_keras.cli",
-        "hmsa_keras.export", "hmsa_keras.recipes", "hmsa_keras.convert",
-    ],
+    packages=find_packages(include=["hmsa_keras", "hmsa_keras.*"]) + ["hmsa_keras.recipes"],
     # the flagfile recipes live in the top-level flags/ folder and install as hmsa_keras.recipes
     package_dir={"hmsa_keras.recipes": "flags"},
     package_data={"hmsa_keras.recipes": ["*.cfg"]},

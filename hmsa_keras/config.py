@@ -331,6 +331,23 @@ class DataToolConfig:
     workers: int = option(4, "Decoding threads.", lower=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    """``hmsa-convert``: a reference checkpoint in, a model directory out (docs/hrnet_ocr.md)."""
+
+    checkpoint: Optional[str] = option(None, "Reference checkpoint: .pth (needs PyTorch, pip install "
+                                       "\"hmsa_keras[convert]\") or a .npz state_dict.")
+    output_dir: Optional[str] = option(None, "Where best.keras, config.json and conversion.txt go.")
+    dataset: Optional[str] = option(None, "Dataset the checkpoint was trained on: class count (19 / 65), "
+                                    "class names and evaluation chain.", choices=("cityscapes", "mapillary"))
+    num_classes: Optional[int] = option(None, "Override the dataset's class count (must match the "
+                                        "checkpoint's classifier).", lower=1)
+    allow_pickle: bool = option(False, "Read .pth files holding arbitrary Python objects (only for files "
+                                "you trust).")
+    overwrite: bool = option(False, "Replace an existing best.keras in --output_dir.")
+    list_tensors: bool = option(False, "Also print every mapped tensor (always written to conversion.txt).")
+
+
 # --------------------------------------------------------------------------- resolved run
 @dataclasses.dataclass(frozen=True)
 class Resolved:

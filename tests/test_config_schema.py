@@ -13,15 +13,17 @@ from hmsa_keras import config as C
 from hmsa_keras.cli import schema
 from tests.conftest import REPO
 
-ALL_CONFIGS = C.RUN_CONFIGS + (C.EvalConfig, C.PredictConfig, C.ExportConfig, C.DataToolConfig)
+ALL_CONFIGS = C.RUN_CONFIGS + (C.EvalConfig, C.PredictConfig, C.ExportConfig, C.DataToolConfig,
+                                C.ConvertConfig)
 RECIPES = sorted(pathlib.Path(REPO / "flags").glob("*.cfg"))
 
 
 def _tools():
-    from hmsa_keras.cli import data, eval, export, predict, train
+    from hmsa_keras.cli import convert, data, eval, export, predict, train
 
     return {"hmsa-train": train.TOOL, "hmsa-eval": eval.TOOL, "hmsa-predict": predict.TOOL,
-            "hmsa-autolabel": predict.AUTOLABEL_TOOL, "hmsa-export": export.TOOL, "hmsa-data": data.TOOL}
+            "hmsa-autolabel": predict.AUTOLABEL_TOOL, "hmsa-export": export.TOOL, "hmsa-data": data.TOOL,
+            "hmsa-convert": convert.TOOL}
 
 
 def _other_value(spec):
@@ -165,7 +167,7 @@ def test_shorthand_and_aliases_of_old_flagfiles():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("tool_name", ["hmsa-train", "hmsa-eval", "hmsa-predict", "hmsa-autolabel",
-                                       "hmsa-export", "hmsa-data"])
+                                       "hmsa-export", "hmsa-data", "hmsa-convert"])
 def test_one_recipe_serves_every_tool(recipe, tool_name):
     """Each tool takes from a recipe what concerns it and ignores the training-only flags."""
     tool = _tools()[tool_name]
@@ -199,7 +201,7 @@ def test_recipe_flag_overrides_and_command_line_order(tmp_path):
 
 
 @pytest.mark.parametrize("tool_name", ["hmsa-train", "hmsa-eval", "hmsa-predict", "hmsa-autolabel",
-                                       "hmsa-export", "hmsa-data"])
+                                       "hmsa-export", "hmsa-data", "hmsa-convert"])
 @pytest.mark.parametrize("help_flag", ["--help", "--helpfull", "--helpshort"])
 def test_help_exits_zero_and_lists_the_tools_own_flags(tool_name, help_flag, capsys):
     tool = _tools()[tool_name]

@@ -13,97 +13,38 @@ and ``conversion.txt`` (every tensor mapped). Reading ``.pth`` needs PyTorch:
 
 from __future__ import annotations
 
-import logging
+from hmsa_keras.cli.tool import Tool, usage
+from hmsa_keras.config import ConvertConfig
 
-from absl import flags
-
-from hmsa_keras.cli import common
-
-FLAGS = flags.FlagValues()
-log = logging.getLogger("hmsa_keras")
-
-flags.DEFINE_string(
-    "checkpoint",
-    None,
-    "Reference checkpoint: .pth (needs PyTorch) or a .npz state_dict.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "output_dir", None, "Where best.keras, config.json and conversion.txt go.", flag_values=FLAGS
-)
-flags.DEFINE_enum(
-    "dataset",
-    None,
-    ["cityscapes", "mapillary"],
-    "Dataset the checkpoint was trained "
-    "on: class count (19 / 65), class names and evaluation chain.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "num_classes",
-    None,
-    "Override the dataset's class count (must match the checkpoint's classifier).",
-    lower_bound=1,
-    flag_values=FLAGS,
-)
-flags.DEFINE_boolean(
-    "allow_pickle",
-    False,
-    "Read .pth files holding arbitrary Python objects (only for files you trust).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_boolean(
-    "overwrite", False, "Replace an existing best.keras in --output_dir.", flag_values=FLAGS
-)
-flags.DEFINE_boolean(
-    "list_tensors",
-    False,
-    "Also print every mapped tensor (always written to conversion.txt).",
-    flag_values=FLAGS,
-)
-
-
-def check_flags():
-    for name in ("checkpoint", "output_dir", "dataset"):
-        if not FLAGS[name].value:
-            raise common.usage(name, "is required")
+TOOL = Tool(name="hmsa-convert", doc=__doc__, options=ConvertConfig)
 
 
 def main(argv):
-    del argv
-    check_flags()
+    opts = TOOL.config(ConvertConfig)
+    for name in ("checkpoint", "output_dir", "dataset"):
+        if not getattr(opts, name):
+            raise usage(name, "is required")
     from hmsa_keras.convert import CheckpointError, convert_checkpoint
 
     try:
-        result = convert_checkpoint(
-            FLAGS.checkpoint,
-            FLAGS.output_dir,
-            FLAGS.dataset,
-            num_classes=FLAGS.num_classes,
-            allow_pickle=FLAGS.allow_pickle,
-            overwrite=FLAGS.overwrite,
-        )
+        result = convert_checkpoint(opts.checkpoint, opts.output_dir, opts.dataset, num_classes=opts.num_classes,
+                                    allow_pickle=opts.allow_pickle, overwrite=opts.overwrite)
     except (CheckpointError, FileExistsError, ImportError) as exc:
-        raise common.usage(
-            "checkpoint" if not isinstance(exc, FileExistsError) else "output_dir", str(exc)
-        ) from None
-    if FLAGS.list_tensors:
+        raise usage("output_dir" if isinstance(exc, FileExistsError) else "checkpoint", str(exc)) from None
+    if opts.list_tensors:
         for line in result["mapped"]:
             print(line)
-    print(
-        f"{result['kind']} checkpoint: {len(result['mapped'])} tensors mapped, "
-        f"{len(result['unused'])} unused, {len(result['fresh'])} layers at their initialisation"
-        + (
-            f" ({', '.join(result['fresh'][:6])}{', ...' if len(result['fresh']) > 6 else ''})"
-            if result["fresh"]
-            else ""
-        )
-    )
+    fresh = result["fresh"]
+    print(f"{result['kind']} checkpoint: {len(result['mapped'])} tensors mapped, {len(result['unused'])} unused, "
+          f"{len(fresh)} layers at their initialisation"
+          + (f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ""))
     print(f"model: {result['model_path']}\nconfig: {result['config_path']}")
+    return 0
 
 
 def run():
-    common.run_app(main, FLAGS)
+    """Console entry point ``hmsa-convert``."""
+    TOOL.run(main)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Supported architectures: the reference's HRNetV2 + OCR (``ocrnet.HRNet_Mscale``,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -210,11 +209,7 @@ def _run_configs(dataset, output_dir):
 
     spec = DATASETS[dataset]
     data = DataConfig(dataset=dataset, eval_long_edge=spec["eval_long_edge"])
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    train = dict(model_dir=output_dir, eval_scales=spec["eval_scales"])
-    if "eval_flip" in train_fields:  # the evaluation flip, where the schema has it
-        train["eval_flip"] = spec["eval_flip"]
-    return data, TrainConfig(**train)
+    return data, TrainConfig(model_dir=output_dir, eval_scales=spec["eval_scales"], eval_flip=spec["eval_flip"])
 
 
 def _write_report(path, checkpoint, result):

@@ -136,8 +136,8 @@ class HMSA(keras.Model):
             attention_head=attention_head, attention_channels=attention_channels,
             aux_head=aux_head, dropout=dropout)
         head = resolve_head(trunk, head)
-        self.network_config.update(head=head, hrnet_width=hrnet_width, ocr_mid_channels=ocr_mid_channels,
-                                   ocr_key_channels=ocr_key_channels, ocr_dropout=ocr_dropout)
+        self.network_config.update(dict(head=head, hrnet_width=hrnet_width, ocr_mid_channels=ocr_mid_channels,
+                                        ocr_key_channels=ocr_key_channels, ocr_dropout=ocr_dropout))
         if head == "ocr":  # OCR's soft object regions are its auxiliary output (reference ocrnet.py)
             self.network_config["aux_head"] = True
         self.train_scales = ((1.0,) if fusion == "single"

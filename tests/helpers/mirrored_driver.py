@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from common import TINY, find_layer, setup_tf, weights_of
+from common import TINY, find_layer, setup_tf
 
 tf = setup_tf(logical_cpus=2)
 
