@@ -55,7 +55,7 @@ def _batch():
 def _tf_outputs(model, x, prefix, out):
     for s, (logits, attn, aux) in model.run_scales(x, (0.5, 1.0, 2.0)).items():
         out[f"{prefix}scale/{s:g}/logits"] = logits.numpy()
-        out[f"{prefix}scale/{s:g}/attention_logits"] = attn.numpy()
+        out[f"{prefix}scale/{s:g}/attention"] = attn.numpy()
         if aux is not None:
             out[f"{prefix}scale/{s:g}/aux_logits"] = aux.numpy()
     for chain, res in zip(CHAINS, model.segment_chains(x, CHAINS, flip=True, return_details=True)):

@@ -33,7 +33,7 @@ def np_chain(outputs):
     scales = sorted(outputs, reverse=True)
     pred = outputs[scales[0]][0]
     for s in scales[1:]:
-        logits, attn = outputs[s][0], np_sigmoid(outputs[s][1])
+        logits, attn = outputs[s]  # attention: the probability in [0, 1]
         if s >= 1.0:
             pred = attn * logits + (1 - attn) * np_resize(pred, logits.shape[1:3])
         else:
@@ -48,7 +48,7 @@ def random_outputs(rng, h, w, scales, k=3):
         sh, sw = int(np.floor(h * s)), int(np.floor(w * s))
         out[s] = (
             rng.normal(size=(2, sh, sw, k)).astype("float32"),
-            rng.normal(size=(2, sh, sw, 1)).astype("float32"),
+            np_sigmoid(rng.normal(size=(2, sh, sw, 1))).astype("float32"),  # attention probability
         )
     return out
 
@@ -73,8 +73,7 @@ def test_training_pair_is_the_paper_equation():
     """L = U(a_0.5 * L_0.5) + (1 - U(a_0.5)) * L_1.0 with attention multiplied before upsampling."""
     rng = np.random.default_rng(2)
     outputs = random_outputs(rng, 33, 47, (0.5, 1.0))
-    (l_lo, a_lo), (l_hi, _) = outputs[0.5], outputs[1.0]
-    a = np_sigmoid(a_lo)
+    (l_lo, a), (l_hi, _) = outputs[0.5], outputs[1.0]
     expected = np_resize(a * l_lo, (33, 47)) + (1 - np_resize(a, (33, 47))) * l_hi
     got = F.hierarchical({s: (tf.constant(l), tf.constant(t)) for s, (l, t) in outputs.items()})
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
@@ -88,10 +87,10 @@ def test_lowest_scale_has_final_say_and_largest_attention_unused():
     as_tf = lambda o: {s: (tf.constant(l), tf.constant(a)) for s, (l, a) in o.items()}  # noqa: E731
     base = F.hierarchical(as_tf(outputs)).numpy()
     changed = dict(outputs)
-    changed[2.0] = (outputs[2.0][0], outputs[2.0][1] + 5.0)  # largest scale's attention
+    changed[2.0] = (outputs[2.0][0], 1.0 - outputs[2.0][1])  # largest scale's attention
     np.testing.assert_allclose(F.hierarchical(as_tf(changed)).numpy(), base, atol=1e-6)
     saturated = dict(outputs)
-    saturated[0.5] = (outputs[0.5][0], np.full_like(outputs[0.5][1], 50.0))  # a_0.5 = 1
+    saturated[0.5] = (outputs[0.5][0], np.ones_like(outputs[0.5][1]))  # a_0.5 = 1
     np.testing.assert_allclose(
         F.hierarchical(as_tf(saturated)).numpy(), np_resize(outputs[0.5][0], (20, 24)), atol=1e-4
     )
@@ -103,7 +102,8 @@ def test_explicit_mean_max_baselines():
     size = (17, 23)
     up = {s: (np_resize(l, size), np_resize(a, size)) for s, (l, a) in outputs.items()}
     logits = np.stack([up[s][0] for s in sorted(up)])
-    scores = np.stack([up[s][1] for s in sorted(up)])
+    probs = np.clip(np.stack([up[s][1] for s in sorted(up)]), 1e-6, 1 - 1e-6)
+    scores = np.log(probs / (1 - probs))  # the attention heads' scores before their sigmoid
     w = np.exp(scores) / np.exp(scores).sum(0, keepdims=True)
     np.testing.assert_allclose(
         F.fuse(as_tf, "explicit", size).numpy(), (w * logits).sum(0), atol=1e-4
@@ -140,7 +140,7 @@ def test_model_segment_matches_numpy_chain(tiny_model, scales, flip):
             size = (int(np.floor(97 * s)), int(np.floor(131 * s)))
             x = img if s == 1.0 else np_resize(img, size).astype("float32")
             o = tiny_model.network(x)
-            outs[s] = (o["logits"].numpy(), o["attention_logits"].numpy())
+            outs[s] = (o["logits"].numpy(), o["attention"].numpy())
         return np_resize(np_chain(outs), (97, 131))
 
     expected = np_segment(image)

@@ -81,8 +81,8 @@ def local_hmsa():
     # back to the input size with a stride-2 transposed convolution (even sizes only; Keras'
     # bilinear UpSampling2D cannot run in a tf.function with dynamic sizes)
     logits = keras.layers.Conv2DTranspose(K, 2, strides=2)(x)
-    attention = keras.layers.Conv2DTranspose(1, 2, strides=2)(x)
-    model.network = keras.Model(inp, {"logits": logits, "attention_logits": attention})
+    attention = keras.layers.Conv2DTranspose(1, 2, strides=2, activation="sigmoid")(x)
+    model.network = keras.Model(inp, {"logits": logits, "attention": attention})
     return model
 
 

@@ -69,7 +69,9 @@ def test_segmenter_outputs_at_input_size_with_aux_and_deconv_head():
     model = HMSA(5, attention_head="deconv", aux_head=True, **TINY)
     out = model.network(np.zeros((2, 65, 97, 3), "float32"))
     assert out["logits"].shape == (2, 65, 97, 5)
-    assert out["attention_logits"].shape == (2, 65, 97, 1)
+    assert out["attention"].shape == (2, 65, 97, 1)
+    attention = np.asarray(out["attention"])
+    assert attention.min() >= 0.0 and attention.max() <= 1.0  # a probability
     assert out["aux_logits"].shape == (2, 65, 97, 5)
     assert any(l.name.startswith("attn_deconv") for l in model.network.layers)
 

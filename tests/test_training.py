@@ -58,7 +58,8 @@ def test_fused_loss_matches_hand_computed_value(aux_model, monkeypatch):
 
     def run_scales(images, scales, training=False, attention=None):
         assert tuple(scales) == (0.5, 1.0)
-        return {s: tuple(tf.constant(o[n]) for n in ("logits", "attn", "aux"))
+        # the segmenter's attention output is a probability (sigmoid before resizing)
+        return {s: (tf.constant(o["logits"]), tf.constant(_sigmoid(o["attn"])), tf.constant(o["aux"]))
                 for s, o in ((0.5, low), (1.0, high))}
 
     monkeypatch.setattr(aux_model, "run_scales", run_scales)

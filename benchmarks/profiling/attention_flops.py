@@ -13,7 +13,7 @@ def parts(cf):
             except ValueError: f = 0
         if not f: continue
         n = op.name
-        m = re.search(r"(attn_|attention_logits)", n)
+        m = re.search(r"(attn_|attention)", n)
         agg["attention head" if m else "rest"] += f
     return agg
 for name in sys.argv[1:]:

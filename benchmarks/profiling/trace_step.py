@@ -8,7 +8,7 @@ cfg = T.CONFIGS[sys.argv[1]]
 data = T.batch(cfg)
 def classify(name):
     grad = "bwd" if "gradient" in name.lower() else "fwd"
-    mm = re.search(r"(trunk|aspp|decoder|seg_|attn_|attention_logits|logits|SGD|sgd)", name)
+    mm = re.search(r"(trunk|aspp|decoder|seg_|attn_|attention|logits|SGD|sgd)", name)
     return (grad, mm.group(1) if mm else "other")
 for v in sys.argv[2].split(","):
     m = T.build(cfg, v)

@@ -177,7 +177,7 @@ def dynamic_hierarchical(network, x, scales, num_classes):
 
     def run(s):
         out = network(F.resize(x, F.scaled_size(x, s)), training=False)
-        return out["logits"], out["attention_logits"]
+        return out["logits"], out["attention"]
 
     pred0, _ = run(scales[0])
 

@@ -1,7 +1,8 @@
 """Multi-scale fusion as pure tensor functions (no layers, no state), on any Keras backend.
 
-``outputs`` everywhere is a dict ``{scale: (logits, attention_logits)}`` of
-float32 NHWC tensors, each at the size of the image resized by that scale.
+``outputs`` everywhere is a dict ``{scale: (logits, attention)}`` of float32 NHWC tensors,
+each at the size of the image resized by that scale; ``attention`` is the attention
+probability in [0, 1] (the segmenter applies the sigmoid before resizing, as the reference).
 Hierarchical fusion follows Tao et al. 2020 (arXiv 2005.10821, s3) and the reference
 ``network/mscale.py: nscale_forward``:
 
@@ -70,9 +71,9 @@ def argmax_classes(logits):
     return ops.cast(ops.argmax(logits, axis=-1), "int32")
 
 
-def hierarchical_step(pred, logits, attention_logits, scale):
-    """One link of the chain (see module docstring); ``scale`` may be a scalar tensor."""
-    attn = ops.sigmoid(attention_logits)
+def hierarchical_step(pred, logits, attn, scale):
+    """One link of the chain (see module docstring): ``attn`` is the attention probability of
+    scale ``scale`` (a Python number or a scalar tensor)."""
 
     def larger():  # s >= 1: bring pred down to s's size and let s speak where it attends
         return attn * logits + (1.0 - attn) * resize(pred, spatial_size(logits))
@@ -104,12 +105,19 @@ def attention_scales(fusion, scales):
     return tuple(scales) if fusion == "explicit" else ()
 
 
+def _score(attention, eps=1e-6):
+    """The attention head's score ``log(a / (1 - a))`` (the inverse of its sigmoid)."""
+    a = ops.clip(attention, eps, 1.0 - eps)
+    return ops.log(a) - ops.log(1.0 - a)
+
+
 def explicit(outputs, size):
     """Explicit attention to scale (Chen et al. 2016): softmax over scales of the
-    attention scores, weighting every scale's logits at ``size``."""
+    attention scores (the heads' outputs before their sigmoid), weighting every scale's
+    logits at ``size``."""
     scales = sorted(outputs)
     logits = ops.stack([resize(outputs[s][0], size) for s in scales], axis=0)
-    weights = ops.softmax(ops.stack([resize(outputs[s][1], size) for s in scales], axis=0), axis=0)
+    weights = ops.softmax(ops.stack([_score(resize(outputs[s][1], size)) for s in scales], axis=0), axis=0)
     return ops.sum(weights * logits, axis=0)
 
 

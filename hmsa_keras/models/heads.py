@@ -101,6 +101,23 @@ def deconv_attention_head(x, layers: LayerFactory, reference, prefix="attn"):
     return ResizeLike(name=f"{prefix}_resize")(x, reference)
 
 
+def to_input_size(x, image, name):
+    """A head output (stride 4) bilinearly resized to the image's size, as float32 (also under
+    mixed precision), in a layer named ``name``."""
+    x = ResizeLike(name=f"{name}_resize")(x, image)
+    return keras.layers.Activation("linear", dtype="float32", name=name)(x)
+
+
+def attention_to_input_size(x, image):
+    """The attention head's output ``[B, h, w, 1]`` -> the attention probability at the image's
+    size ``[B, H, W, 1]`` float32: sigmoid first, at the head's resolution, then bilinear
+    resize, in the reference's order (``network/mscale.py: MscaleV3Plus._fwd``,
+    ``network/ocrnet.py: MscaleOCR._fwd``: the head ends in a Sigmoid and its output is
+    upsampled), so converted reference weights give the reference's attention maps."""
+    x = keras.layers.Activation("sigmoid", dtype="float32", name="attention_sigmoid")(x)
+    return to_input_size(x, image, "attention")
+
+
 def aux_head(features, layers: LayerFactory, num_classes, channels=256, prefix="aux"):
     """Auxiliary head on the trunk's final features: 1x1-BN-ReLU-1x1."""
     x = layers.conv_bn_relu(features, channels, 1, f"{prefix}_1")

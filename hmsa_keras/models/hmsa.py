@@ -31,7 +31,7 @@ from hmsa_keras.models.segmenter import build_segmenter, resolve_head
 FREEZE_GROUPS = {
     "trunk": ("trunk",),
     "seg_head": ("aspp_", "decoder_", "seg_", "aux_", "ocr_", "logits", "aux_logits"),
-    "attention": ("attn_", "attention_logits"),
+    "attention": ("attn_", "attention"),
 }
 
 
@@ -151,7 +151,7 @@ class HMSA(keras.Model):
 
     # ------------------------------------------------------------------ forward
     def run_scales(self, images, scales, training=False, attention=None):
-        """Runs the segmenter at each scale: {scale: (logits, attention_logits, aux or None)},
+        """Runs the segmenter at each scale: {scale: (logits, attention, aux or None)},
         each ``[B, h_s, w_s, .]`` float32 at ``(floor(H s), floor(W s))``.
 
         ``attention``: the scales whose attention is needed (default all). At the others the
@@ -167,14 +167,14 @@ class HMSA(keras.Model):
             else:
                 net = self._network_without_attention()
             out = net(x, training=training)
-            outputs[s] = (out["logits"], out.get("attention_logits"), out.get("aux_logits"))
+            outputs[s] = (out["logits"], out.get("attention"), out.get("aux_logits"))
         return outputs
 
     def _network_without_attention(self):
         """The segmenter minus its attention head: same layers and weights, not tracked twice."""
         cached = self.__dict__.get("_without_attention")
         if cached is None or cached[0] is not self.network:
-            outputs = {k: v for k, v in self.network.output.items() if k != "attention_logits"}
+            outputs = {k: v for k, v in self.network.output.items() if k != "attention"}
             view = keras.Model(self.network.input, outputs, name="segmenter_without_attention",
                                dtype=self.network.dtype_policy)
             # object.__setattr__ bypasses Keras' tracking: the view adds no weights
@@ -248,7 +248,7 @@ class HMSA(keras.Model):
                 for s in chain:
                     if s not in resized:
                         resized[s] = (F.resize(outputs[s][0], size),
-                                      F.resize(ops.sigmoid(outputs[s][1]), size))
+                                      F.resize(outputs[s][1], size))
                 result["scale_logits"] = {s: resized[s][0] for s in chain}
                 result["attention"] = {s: resized[s][1] for s in chain}
             results.append(result)

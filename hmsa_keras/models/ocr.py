@@ -2,7 +2,7 @@
 with HMSA's attention head: the paper's flagship single-scale network (arXiv 2005.10821 s4).
 
 ``build_ocr_segmenter`` wires ``image -> HRNetV2 trunk (stride 4, 15 * width channels)
--> OCR head -> {logits, attention_logits, aux_logits}`` following the reference
+-> OCR head -> {logits, attention, aux_logits}`` following the reference
 ``network/ocrnet.py: OCR_block`` and ``MscaleOCR._fwd``, ``network/ocr_utils.py`` and
 ``network/utils.py: make_attn_head``:
 
@@ -20,10 +20,10 @@ with HMSA's attention head: the paper's flagship single-scale network (arXiv 200
    (``ocr_fuse_*``): the OCR features, read by the classifier (``ocr_cls``, 1x1 with bias)
    and by the attention head (``attn_*``: 3x3 BN-ReLU, 3x3 BN-ReLU, 1x1 without bias).
 
-Logits, auxiliary logits and attention logits are computed at stride 4 and bilinearly
-upsampled (half-pixel centres) to the input size, as float32. The attention is upsampled
-before the sigmoid (the fusion applies it); the reference upsamples after its head's
-sigmoid (see docs/hrnet_ocr.md for the effect).
+Logits, auxiliary logits and the attention are computed at stride 4 and bilinearly
+upsampled (half-pixel centres) to the input size, as float32; the attention's sigmoid is
+applied before the upsampling, as the reference's head ends in its Sigmoid
+(``network/ocrnet.py: MscaleOCR._fwd``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from hmsa_keras.models.heads import LayerFactory, ResizeLike, conv_head
+from hmsa_keras.models.heads import LayerFactory, attention_to_input_size, conv_head, to_input_size
 from hmsa_keras.models.hrnet import TRUNK_WIDTHS, build_hrnet
 
 
@@ -122,11 +122,6 @@ def ocr_head(
     return logits, aux_logits, x
 
 
-def _to_input_size(x, image, name):
-    x = ResizeLike(name=f"{name}_resize")(x, image)
-    return keras.layers.Activation("linear", dtype="float32", name=name)(x)
-
-
 def build_ocr_segmenter(
     num_classes: int,
     trunk: str = "hrnetv2_w48",
@@ -153,7 +148,7 @@ def build_ocr_segmenter(
       attention_channels: channels of the attention head (``MODEL.SEGATTN_BOT_CH``, 256).
     Returns:
       a functional ``keras.Model`` named ``segmenter``: image ``[B, H, W, 3]`` (normalised
-      float32) -> ``{"logits": [B, H, W, K], "attention_logits": [B, H, W, 1]`` (pre-sigmoid),
+      float32) -> ``{"logits": [B, H, W, K], "attention": [B, H, W, 1]`` (sigmoid, in [0, 1]),
       ``"aux_logits": [B, H, W, K]}``, float32. The trunk is a sub-model named ``trunk``.
     Raises:
       ValueError: unknown trunk, or a non-positive size.
@@ -178,8 +173,8 @@ def build_ocr_segmenter(
     )
     attention = conv_head(ocr_features, layers, 1, "attn", attention_channels)
     outputs = {
-        "logits": _to_input_size(logits, image, "logits"),
-        "attention_logits": _to_input_size(attention, image, "attention_logits"),
-        "aux_logits": _to_input_size(aux_logits, image, "aux_logits"),
+        "logits": to_input_size(logits, image, "logits"),
+        "attention": attention_to_input_size(attention, image),
+        "aux_logits": to_input_size(aux_logits, image, "aux_logits"),
     }
     return keras.Model(image, outputs, name="segmenter")

@@ -6,8 +6,8 @@ head. Outputs, all float32 (also under mixed precision) and bilinearly resized
 from stride 4 to the size of the input image:
 
 - ``logits``: ``[B, H, W, num_classes]``
-- ``attention_logits``: ``[B, H, W, 1]``, pre-sigmoid attention (the fusion applies
-  the sigmoid; the explicit baseline uses it as a softmax score)
+- ``attention``: ``[B, H, W, 1]`` in [0, 1], the attention probability (sigmoid at the
+  head's resolution, then resized: the reference's order, ``network/mscale.py``)
 - ``aux_logits``: ``[B, H, W, num_classes]``, only with ``aux_head=True``
 """
 
@@ -18,11 +18,6 @@ import keras
 from hmsa_keras.config import ATTENTION_HEADS, HEADS
 from hmsa_keras.models import heads
 from hmsa_keras.models.trunks import build_trunk
-
-
-def _to_input_size(x, image, name):
-    x = heads.ResizeLike(name=f"{name}_resize")(x, image)
-    return keras.layers.Activation("linear", dtype="float32", name=name)(x)
 
 
 def resolve_head(trunk, head=None):
@@ -81,14 +76,14 @@ def build_segmenter(
     x = heads.aspp(features, layers, output_stride, aspp_channels, dropout)
     decoded = heads.decoder(x, low_level, layers, low_level_channels)
 
-    outputs = {"logits": _to_input_size(
+    outputs = {"logits": heads.to_input_size(
         heads.conv_head(decoded, layers, num_classes, "seg", decoder_channels), image, "logits")}
     if attention_head == "conv":
         attn = heads.conv_head(decoded, layers, 1, "attn", attention_channels)
     else:
         attn = heads.deconv_attention_head(features, layers, decoded)
-    outputs["attention_logits"] = _to_input_size(attn, image, "attention_logits")
+    outputs["attention"] = heads.attention_to_input_size(attn, image)
     if aux_head:
-        outputs["aux_logits"] = _to_input_size(
+        outputs["aux_logits"] = heads.to_input_size(
             heads.aux_head(features, layers, num_classes), image, "aux_logits")
     return keras.Model(image, outputs, name="segmenter")

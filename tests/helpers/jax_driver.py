@@ -121,7 +121,7 @@ def make_outputs(model):
         scales, chains, call = jitted([v.value for v in variables], x)
         for s, (logits, attn, aux) in scales.items():
             out[f"{prefix}scale/{s:g}/logits"] = np.asarray(logits)
-            out[f"{prefix}scale/{s:g}/attention_logits"] = np.asarray(attn)
+            out[f"{prefix}scale/{s:g}/attention"] = np.asarray(attn)
             if aux is not None:
                 out[f"{prefix}scale/{s:g}/aux_logits"] = np.asarray(aux)
         for chain, res in zip(CHAINS, chains):
