@@ -111,8 +111,11 @@ class _Segmenter:
         classes = tf.broadcast_to(cols[None, None, :], shape[:3])
         ramp = tf.cast(tf.range(shape[2]), tf.float32) / tf.cast(shape[2], tf.float32)
         attention = tf.broadcast_to(ramp[None, None, :, None], tf.concat([shape[:3], [1]], 0))
-        return {"classes": classes, "logits": tf.one_hot(classes, 3),
-                "attention": {s: attention for s in scales}}
+        return {
+            "classes": classes,
+            "logits": tf.one_hot(classes, 3),
+            "attention": {s: attention for s in scales},
+        }
 
 
 def test_validation_images_land_in_the_val_event_file(tmp_path):
@@ -127,7 +130,9 @@ def test_validation_images_land_in_the_val_event_file(tmp_path):
     from hmsa_keras.training.summaries import Summaries, ValidationWatcher
 
     k = 3
-    info = DatasetInfo("toy", k, 255, ["road", "car", "sky"], [(128, 64, 128), (0, 0, 142), (70, 130, 180)])
+    info = DatasetInfo(
+        "toy", k, 255, ["road", "car", "sky"], [(128, 64, 128), (0, 0, 142), (70, 130, 180)]
+    )
     model = _Segmenter()
     summaries = Summaries(str(tmp_path), info, chain=(0.5, 1.0))
     watcher = ValidationWatcher(num_examples=2, num_worst=2)

@@ -12,7 +12,7 @@ from tests.conftest import TINY
 
 @pytest.fixture(scope="module")
 def source_dir(tmp_path_factory):
-    """A 'run directory' holding a 4-class model with an auxiliary head (best.keras + config.json)."""
+    """A 'run directory': a 4-class model with an auxiliary head (best.keras + config.json)."""
     import keras
 
     import hmsa_keras
@@ -21,7 +21,10 @@ def source_dir(tmp_path_factory):
     keras.utils.set_random_seed(1)
     model = hmsa_keras.build_model(num_classes=4, aux_head=True, **TINY)
     for v in model.weights:  # distinctive values, so that a copied tensor is recognisable
-        v.assign(np.random.default_rng(len(v.path)).standard_normal(v.shape).astype(np.float32) * 0.01 + 3.0)
+        v.assign(
+            np.random.default_rng(len(v.path)).standard_normal(v.shape).astype(np.float32) * 0.01
+            + 3.0
+        )
     folder = tmp_path_factory.mktemp("source_run")
     model.save(folder / "best.keras")
     model.save_weights(folder / "model.weights.h5")
@@ -65,7 +68,10 @@ def test_run_directory_loads_by_name_and_reports_skips(source_dir):
     after = {v.path: v.numpy() for v in model.weights}
     mismatched = {p for p, _, _ in report.mismatched}
     assert mismatched == {"seg_out/kernel", "seg_out/bias"}
-    assert dict((p, (a, b)) for p, a, b in report.mismatched)["seg_out/kernel"] == ((1, 1, 16, 4), (1, 1, 16, 5))
+    assert dict((p, (a, b)) for p, a, b in report.mismatched)["seg_out/kernel"] == (
+        (1, 1, 16, 4),
+        (1, 1, 16, 5),
+    )
     assert not report.absent  # everything of the target exists in the source
     assert set(report.unused) == {p for p in src if p.startswith("aux_")}
     assert len(report.loaded) == len(after) - 2
@@ -76,7 +82,10 @@ def test_run_directory_loads_by_name_and_reports_skips(source_dir):
     assert any("moving_mean" in p for p in report.loaded)  # BatchNorm statistics travel too
     assert report.groups["trunk"][0] == report.groups["trunk"][1] > 100
     assert report.groups["attention"][0] == report.groups["attention"][1]
-    assert report.groups["seg_head"] == (report.groups["seg_head"][1] - 2, report.groups["seg_head"][1])
+    assert report.groups["seg_head"] == (
+        report.groups["seg_head"][1] - 2,
+        report.groups["seg_head"][1],
+    )
     text = report.summary()
     assert f"loaded {len(report.loaded)} of {len(after)} tensors" in text
     assert "seg_out/kernel (1, 1, 16, 4) in the source, (1, 1, 16, 5) here" in text
@@ -119,7 +128,10 @@ def test_matching_is_by_name_not_by_order():
     for v in target.weights:
         np.testing.assert_array_equal(v.numpy(), src[v.path], err_msg=v.path)
     # positionally the first kernel of the target is "second": it must hold second's values
-    assert target.weights[0].path.startswith("second") and target.weights[0].numpy()[0, 0] == src["second/kernel"][0, 0]
+    assert (
+        target.weights[0].path.startswith("second")
+        and target.weights[0].numpy()[0, 0] == src["second/kernel"][0, 0]
+    )
 
 
 def test_weights_file_beside_a_config_loads_across_class_counts(source_dir):
@@ -140,7 +152,9 @@ def test_bare_weights_file_of_the_same_architecture(source_dir, tmp_path):
     from hmsa_keras.training.warm_start import WarmStartError, warm_start
 
     folder, src = source_dir
-    shutil.copy(folder / "model.weights.h5", tmp_path / "bare.weights.h5")  # no config.json beside it
+    shutil.copy(
+        folder / "model.weights.h5", tmp_path / "bare.weights.h5"
+    )  # no config.json beside it
     model, _ = _target(num_classes=4, aux_head=True)
     report = warm_start(model, str(tmp_path / "bare.weights.h5"))
     assert not report.mismatched and not report.absent and len(report.loaded) == len(src)
@@ -157,7 +171,10 @@ def test_converted_checkpoint_directory_and_trunk_weights_never_opened(source_di
     folder, src = source_dir
     converted = tmp_path / "converted"
     converted.mkdir()
-    with zipfile.ZipFile(folder / "best.keras") as z, zipfile.ZipFile(converted / "model.keras", "w") as out:
+    with (
+        zipfile.ZipFile(folder / "best.keras") as z,
+        zipfile.ZipFile(converted / "model.keras", "w") as out,
+    ):
         for item in z.infolist():
             data = z.read(item.filename)
             if item.filename == "config.json":
@@ -171,18 +188,29 @@ def test_converted_checkpoint_directory_and_trunk_weights_never_opened(source_di
     assert report.source.endswith("model.keras") and len(report.loaded) == len(src)
 
 
-@pytest.mark.parametrize("case, pattern", [
-    ("missing", r"no such file or directory \(expected a run directory"),
-    ("empty_dir", r"holds none of best\.keras, last\.keras, model\.keras"),
-    ("wrong_ext", r"not a \.keras or \.weights\.h5 file"),
-    ("corrupt_keras", r"cannot read the \.keras file"),
-    ("corrupt_h5", r"not a readable HDF5 weights file"),
-])
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("missing", r"no such file or directory \(expected a run directory"),
+        ("empty_dir", r"holds none of best\.keras, last\.keras, model\.keras"),
+        ("wrong_ext", r"not a \.keras or \.weights\.h5 file"),
+        ("corrupt_keras", r"cannot read the \.keras file"),
+        ("corrupt_h5", r"not a readable HDF5 weights file"),
+    ],
+)
 def test_bad_sources_name_the_path_and_what_was_expected(tmp_path, case, pattern):
     from hmsa_keras.training.warm_start import WarmStartError, warm_start
 
-    path = tmp_path / {"missing": "nope", "empty_dir": "run", "wrong_ext": "model.pth",
-                       "corrupt_keras": "broken.keras", "corrupt_h5": "broken.weights.h5"}[case]
+    path = (
+        tmp_path
+        / {
+            "missing": "nope",
+            "empty_dir": "run",
+            "wrong_ext": "model.pth",
+            "corrupt_keras": "broken.keras",
+            "corrupt_h5": "broken.weights.h5",
+        }[case]
+    )
     if case == "empty_dir":
         path.mkdir()
         (path / "history.json").write_text("[]")
@@ -207,5 +235,7 @@ def test_nothing_matching_is_an_error(tmp_path):
     inp = keras.Input((4,))
     keras.Model(inp, keras.layers.Dense(3, name="unrelated")(inp)).save(tmp_path / "other.keras")
     model = _small_model()
-    with pytest.raises(WarmStartError, match=r"other\.keras: no tensor matches this model by layer name and shape"):
+    with pytest.raises(
+        WarmStartError, match=r"other\.keras: no tensor matches this model by layer name and shape"
+    ):
         warm_start(model, str(tmp_path / "other.keras"))

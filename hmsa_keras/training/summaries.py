@@ -100,7 +100,9 @@ class ValidationWatcher:
             classes = set(np.nonzero(step_cm.sum(1) > 0)[0].tolist())
             if classes - self._covered:
                 self._covered |= classes
-                self.examples += [self._take(it) for it in items][: self.num_examples - len(self.examples)]
+                self.examples += [self._take(it) for it in items][
+                    : self.num_examples - len(self.examples)
+                ]
             elif len(self._reserve) < self.num_examples:
                 self._reserve += [self._take(it) for it in items]
         if self.num_worst and (len(self.worst) < self.num_worst or score < self.worst[-1]["iou"]):
@@ -113,7 +115,8 @@ class ValidationWatcher:
         if not self._chosen:
             taken = {e["index"] for e in self.examples}
             self.examples += [r for r in self._reserve if r["index"] not in taken][
-                : self.num_examples - len(self.examples)]
+                : self.num_examples - len(self.examples)
+            ]
             self.examples.sort(key=lambda e: e["index"])
             self._chosen, self._reserve = True, []
 
@@ -153,7 +156,9 @@ def render_rows(rows, class_names, colors, attention_scales, row_titles=None) ->
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    columns = ["input", "ground truth", "prediction"] + [f"attention {s:g}x" for s in attention_scales]
+    columns = ["input", "ground truth", "prediction"] + [
+        f"attention {s:g}x" for s in attention_scales
+    ]
     h, w = _subsample(rows[0]["label"]).shape
     panel, title_in, bar_in = 2.2, 0.42, (0.85 if attention_scales else 0.1)
     legend_rows = int(np.ceil((len(class_names) + 1) / 6))
@@ -161,8 +166,14 @@ def render_rows(rows, class_names, colors, attention_scales, row_titles=None) ->
     width = panel * len(columns) + 0.1 + bar_in
     height = (panel * h / w + title_in) * len(rows) + legend_in + 0.05
     fig = Figure(figsize=(width, height), dpi=72)
-    fig.subplots_adjust(left=0.05 / width, right=1 - bar_in / width, bottom=legend_in / height,
-                        top=1 - title_in / height, wspace=0.04, hspace=title_in / (panel * h / w))
+    fig.subplots_adjust(
+        left=0.05 / width,
+        right=1 - bar_in / width,
+        bottom=legend_in / height,
+        top=1 - title_in / height,
+        wspace=0.04,
+        hspace=title_in / (panel * h / w),
+    )
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     palette = visualize.palette_array(colors)
     shown = set()
@@ -170,15 +181,24 @@ def render_rows(rows, class_names, colors, attention_scales, row_titles=None) ->
     for r, row in enumerate(rows):
         label, pred = _subsample(row["label"]), _subsample(row["prediction"])
         shown |= set(np.unique(label).tolist()) | set(np.unique(pred).tolist())
-        panels = [_subsample(row["image"]), palette[np.clip(label, 0, 255)], palette[np.clip(pred, 0, 255)]]
+        panels = [
+            _subsample(row["image"]),
+            palette[np.clip(label, 0, 255)],
+            palette[np.clip(pred, 0, 255)],
+        ]
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
             ax.set_yticks([])
             if c < 3:
                 ax.imshow(panels[c], interpolation="nearest")
             else:
-                mappable = ax.imshow(_subsample(row["attention"][attention_scales[c - 3]]), vmin=0.0, vmax=1.0,
-                                     cmap="viridis", interpolation="nearest")
+                mappable = ax.imshow(
+                    _subsample(row["attention"][attention_scales[c - 3]]),
+                    vmin=0.0,
+                    vmax=1.0,
+                    cmap="viridis",
+                    interpolation="nearest",
+                )
             title = columns[c] if r == 0 else ""
             if c == 0 and row_titles:
                 title = f"{row_titles[r]}\n{title}" if title else row_titles[r]
@@ -186,18 +206,37 @@ def render_rows(rows, class_names, colors, attention_scales, row_titles=None) ->
                 ax.set_title(title, fontsize=8)
     if mappable is not None:
         bottom, top = legend_in / height, 1 - title_in / height
-        cax = fig.add_axes([1 - (bar_in - 0.12) / width, bottom + 0.1 * (top - bottom), 0.12 / width,
-                            0.8 * (top - bottom)])
+        cax = fig.add_axes(
+            [
+                1 - (bar_in - 0.12) / width,
+                bottom + 0.1 * (top - bottom),
+                0.12 / width,
+                0.8 * (top - bottom),
+            ]
+        )
         bar = fig.colorbar(mappable, cax=cax)
         bar.set_label("attention (sigmoid)", fontsize=7)
         bar.ax.tick_params(labelsize=7)
     present = [k for k in sorted(shown) if 0 <= k < len(class_names)]
-    handles = [Patch(facecolor=np.asarray(colors[k]) / 255.0, edgecolor="black", linewidth=0.3,
-                     label=f"{k} {class_names[k]}") for k in present]
+    handles = [
+        Patch(
+            facecolor=np.asarray(colors[k]) / 255.0,
+            edgecolor="black",
+            linewidth=0.3,
+            label=f"{k} {class_names[k]}",
+        )
+        for k in present
+    ]
     if 255 in shown:
         handles.append(Patch(facecolor="black", label="ignore"))
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), 6),
+            fontsize=7,
+            frameon=False,
+        )
     return _canvas(fig)
 
 
@@ -214,8 +253,9 @@ def render_confusion_matrix(cm, class_names, title="") -> np.ndarray:
     margin, top, right = 1.25, 0.35, 0.95  # inches: tick labels, title, colour bar
     width, height = cell * k + margin + right, cell * k + margin + top
     fig = Figure(figsize=(width, height), dpi=72)
-    fig.subplots_adjust(left=margin / width, right=1 - right / width, bottom=margin / height,
-                        top=1 - top / height)
+    fig.subplots_adjust(
+        left=margin / width, right=1 - right / width, bottom=margin / height, top=1 - top / height
+    )
     ax = fig.subplots()
     image = ax.imshow(100 * share, vmin=0, vmax=100, cmap="Blues")
     names = [f"{i} {n}" if len(n) <= 16 else f"{i} {n[:15]}." for i, n in enumerate(class_names)]
@@ -231,9 +271,18 @@ def render_confusion_matrix(cm, class_names, title="") -> np.ndarray:
         for i in range(k):
             for j in range(k):
                 if share[i, j] >= 0.005:
-                    ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                            color="white" if share[i, j] > 0.6 else "black")
-    cax = fig.add_axes([1 - (right - 0.1) / width, margin / height, 0.12 / width, cell * k / height])
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * share[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if share[i, j] > 0.6 else "black",
+                    )
+    cax = fig.add_axes(
+        [1 - (right - 0.1) / width, margin / height, 0.12 / width, cell * k / height]
+    )
     bar = fig.colorbar(image, cax=cax)
     bar.set_label("% of the ground-truth row", fontsize=7)
     bar.ax.tick_params(labelsize=7)
@@ -312,7 +361,9 @@ class Summaries:
             "prediction": visualize.colorize(out["classes"].numpy(), colors),
         }
         for s in self._attention_scales(model):
-            panels[f"attention_{s:g}x"] = visualize.attention_to_rgb(out["attention"][s].numpy()[..., 0])
+            panels[f"attention_{s:g}x"] = visualize.attention_to_rgb(
+                out["attention"][s].numpy()[..., 0]
+            )
         with self.train.as_default(step=step):
             for name, value in panels.items():
                 tf.summary.image(f"images/{name}", value, max_outputs=max_images)
@@ -323,9 +374,14 @@ class Summaries:
         rows = []
         for item in items:
             out = self._predict(model, item["image"][None].astype(np.float32))
-            rows.append({"image": denormalize(item["image"]), "label": np.asarray(item["label"]),
-                         "prediction": out["classes"].numpy()[0],
-                         "attention": {s: a.numpy()[0, ..., 0] for s, a in out["attention"].items()}})
+            rows.append(
+                {
+                    "image": denormalize(item["image"]),
+                    "label": np.asarray(item["label"]),
+                    "prediction": out["classes"].numpy()[0],
+                    "attention": {s: a.numpy()[0, ..., 0] for s, a in out["attention"].items()},
+                }
+            )
         return rows
 
     def validation_images(self, model, watcher: Optional[ValidationWatcher], cm, metrics, step):
@@ -341,16 +397,26 @@ class Summaries:
         if watcher is not None and watcher.examples:
             rows = self._rows(model, watcher.examples)
             titles = [f"val image {e['index']}" for e in watcher.examples]
-            figures["images/examples"] = (render_rows(rows, names, colors, scales, titles),
-                                          f"Fixed validation images (chosen to cover the classes), chain {chain}.")
+            figures["images/examples"] = (
+                render_rows(rows, names, colors, scales, titles),
+                f"Fixed validation images (chosen to cover the classes), chain {chain}.",
+            )
         if watcher is not None and watcher.worst:
             rows = self._rows(model, watcher.worst)
-            titles = [f"#{r + 1}: val image {w['index']}, IoU {w['iou']:.3f}" for r, w in enumerate(watcher.worst)]
-            figures["images/worst"] = (render_rows(rows, names, colors, scales, titles),
-                                       f"The {len(rows)} validation images with the lowest IoU, chain {chain}.")
-        title = f"step {step}: mIoU {metrics['miou']:.3f}, pixel accuracy {metrics['pixel_accuracy']:.3f}"
-        figures["images/confusion_matrix"] = (render_confusion_matrix(cm, names, title),
-                                              "Rows: ground truth, normalised to 100 %; columns: prediction.")
+            titles = [
+                f"#{r + 1}: val image {w['index']}, IoU {w['iou']:.3f}"
+                for r, w in enumerate(watcher.worst)
+            ]
+            figures["images/worst"] = (
+                render_rows(rows, names, colors, scales, titles),
+                f"The {len(rows)} validation images with the lowest IoU, chain {chain}.",
+            )
+        title = (f"step {step}: mIoU {metrics['miou']:.3f}, "
+                 f"pixel accuracy {metrics['pixel_accuracy']:.3f}")
+        figures["images/confusion_matrix"] = (
+            render_confusion_matrix(cm, names, title),
+            "Rows: ground truth, normalised to 100 %; columns: prediction.",
+        )
         with self.val.as_default(step=step):
             for tag, (image, description) in figures.items():
                 tf.summary.image(tag, image[None], description=description)

@@ -34,8 +34,10 @@ import zipfile
 from typing import Dict, List, Optional, Tuple
 
 MODEL_FILES = ("best.keras", "last.keras", "model.keras")  # run directory / converted checkpoint
-EXPECTED = ("a run directory (best.keras or last.keras), a converted checkpoint directory (model.keras), "
-            "a .keras file or a .weights.h5 file")
+EXPECTED = (
+    "a run directory (best.keras or last.keras), a converted checkpoint directory (model.keras), "
+    "a .keras file or a .weights.h5 file"
+)
 
 
 class WarmStartError(ValueError):
@@ -65,28 +67,46 @@ class WarmStartReport:
 
     def to_dict(self):
         out = dataclasses.asdict(self)
-        out["mismatched"] = [{"path": p, "source_shape": list(a), "model_shape": list(b)}
-                             for p, a, b in self.mismatched]
+        out["mismatched"] = [
+            {"path": p, "source_shape": list(a), "model_shape": list(b)}
+            for p, a, b in self.mismatched
+        ]
         out["groups"] = {k: {"loaded": a, "total": b} for k, (a, b) in self.groups.items()}
         return out
 
     def summary(self, limit: int = 8) -> str:
         """Printable report: counts, then the skipped tensors by name."""
         total = len(self.loaded) + len(self.absent) + len(self.mismatched)
-        lines = [f"Warm start from {self.source}: loaded {len(self.loaded)} of {total} tensors "
-                 "(matched by layer name and shape)"]
+        lines = [
+            f"Warm start from {self.source}: loaded {len(self.loaded)} of {total} tensors "
+            "(matched by layer name and shape)"
+        ]
         if self.groups:
-            lines.append("  by part: " + ", ".join(f"{g} {a}/{b}" for g, (a, b) in self.groups.items()))
+            lines.append(
+                "  by part: " + ", ".join(f"{g} {a}/{b}" for g, (a, b) in self.groups.items())
+            )
         if self.mismatched:
-            shown = [f"{p} {tuple(a)} in the source, {tuple(b)} here" for p, a, b in self.mismatched[:limit]]
-            lines.append(f"  skipped, shape differs ({len(self.mismatched)}): " + "; ".join(shown)
-                         + _more(self.mismatched, limit))
+            shown = [
+                f"{p} {tuple(a)} in the source, {tuple(b)} here"
+                for p, a, b in self.mismatched[:limit]
+            ]
+            lines.append(
+                f"  skipped, shape differs ({len(self.mismatched)}): "
+                + "; ".join(shown)
+                + _more(self.mismatched, limit)
+            )
         if self.absent:
-            lines.append(f"  skipped, absent from the source ({len(self.absent)}): "
-                         + ", ".join(self.absent[:limit]) + _more(self.absent, limit))
+            lines.append(
+                f"  skipped, absent from the source ({len(self.absent)}): "
+                + ", ".join(self.absent[:limit])
+                + _more(self.absent, limit)
+            )
         if self.unused:
-            lines.append(f"  not used (absent from this model) ({len(self.unused)}): "
-                         + ", ".join(self.unused[:limit]) + _more(self.unused, limit))
+            lines.append(
+                f"  not used (absent from this model) ({len(self.unused)}): "
+                + ", ".join(self.unused[:limit])
+                + _more(self.unused, limit)
+            )
         return "\n".join(lines)
 
 
@@ -107,8 +127,9 @@ def resolve_source(path: str) -> str:
         for name in MODEL_FILES:
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
-        raise WarmStartError(f"{path}: the directory holds none of {', '.join(MODEL_FILES)} "
-                             f"(expected {EXPECTED})")
+        raise WarmStartError(
+            f"{path}: the directory holds none of {', '.join(MODEL_FILES)} (expected {EXPECTED})"
+        )
     if not os.path.exists(path):
         raise WarmStartError(f"{path}: no such file or directory (expected {EXPECTED})")
     if not (path.endswith(".keras") or path.endswith(".weights.h5")):
@@ -142,14 +163,20 @@ def _load_keras_file(path):
                 copy = os.path.join(tmp, "source.keras")
                 with zipfile.ZipFile(copy, "w") as out:
                     for item in z.infolist():
-                        data = json.dumps(config) if item.filename == "config.json" else z.read(item.filename)
+                        data = (
+                            json.dumps(config)
+                            if item.filename == "config.json"
+                            else z.read(item.filename)
+                        )
                         out.writestr(item, data)
                 return keras.saving.load_model(copy, compile=False)
     except WarmStartError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, KeyError, h5py/OSError, ValueError, ...
-        raise WarmStartError(f"{path}: cannot read the .keras file ({type(exc).__name__}: "
-                             f"{_first_line(exc)}); expected a model saved by Keras 3 (model.save)") from None
+        raise WarmStartError(
+            f"{path}: cannot read the .keras file ({type(exc).__name__}: "
+            f"{_first_line(exc)}); expected a model saved by Keras 3 (model.save)"
+        ) from None
 
 
 def _load_weights_file(path, target):
@@ -162,8 +189,10 @@ def _load_weights_file(path, target):
         with h5py.File(path, "r"):
             pass
     except Exception as exc:
-        raise WarmStartError(f"{path}: not a readable HDF5 weights file ({_first_line(exc)}); "
-                             "expected a file written by model.save_weights") from None
+        raise WarmStartError(
+            f"{path}: not a readable HDF5 weights file ({_first_line(exc)}); "
+            "expected a file written by model.save_weights"
+        ) from None
     folder_config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     source = None
     try:
@@ -175,21 +204,28 @@ def _load_weights_file(path, target):
                 source = build_model(dataclasses.replace(model_cfg, weights=None))
                 how = f"the model of {folder_config}"
         if source is None:
-            config = {"module": type(target).__module__, "class_name": type(target).__name__,
-                      "config": target.get_config(), "registered_name": None}
+            config = {
+                "module": type(target).__module__,
+                "class_name": type(target).__name__,
+                "config": target.get_config(),
+                "registered_name": None,
+            }
             _no_trunk_download(config)
             source = type(target).from_config(config["config"])
             how = "a model of this run's architecture (no config.json beside the file)"
     except Exception as exc:
-        raise WarmStartError(f"{path}: cannot build the model its weights belong to "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from None
+        raise WarmStartError(
+            f"{path}: cannot build the model its weights belong to "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     try:
         source.load_weights(path)
     except Exception as exc:
         raise WarmStartError(
             f"{path}: cannot read it into {how} ({type(exc).__name__}: {_first_line(exc)}); "
             "a .weights.h5 file has no layer names, so it must come from that architecture: start "
-            "from a .keras file or a run directory to change the architecture") from None
+            "from a .keras file or a run directory to change the architecture"
+        ) from None
     return source
 
 
@@ -219,7 +255,9 @@ def _groups_of(model) -> Dict[int, str]:
 
     out = {}
     for layer in network.layers:
-        group = next((g for g, prefixes in FREEZE_GROUPS.items() if layer.name.startswith(prefixes)), "other")
+        group = next(
+            (g for g, prefixes in FREEZE_GROUPS.items() if layer.name.startswith(prefixes)), "other"
+        )
         for v in layer.weights:
             out[id(v)] = group
     return out
@@ -243,7 +281,9 @@ def match_weights(target, source, source_name: str = "source") -> WarmStartRepor
         out = {}
         for v in model.weights:
             if v.path in out:
-                raise ValueError(f"{what}: variable path {v.path!r} occurs twice; cannot match by name")
+                raise ValueError(
+                    f"{what}: variable path {v.path!r} occurs twice; cannot match by name"
+                )
             out[v.path] = v
         return out
 
@@ -286,9 +326,15 @@ def warm_start(model, path: str) -> WarmStartReport:
     report = match_weights(model, source, file)
     if not report.loaded:
         example = next(iter(model.weights), None)
-        hint = f" (this model expects e.g. {example.path} {tuple(example.shape)})" if example is not None else ""
-        raise WarmStartError(f"{path}: no tensor matches this model by layer name and shape"
-                             f"{hint}; expected the weights of an hmsa_keras model: {EXPECTED}")
+        hint = (
+            f" (this model expects e.g. {example.path} {tuple(example.shape)})"
+            if example is not None
+            else ""
+        )
+        raise WarmStartError(
+            f"{path}: no tensor matches this model by layer name and shape"
+            f"{hint}; expected the weights of an hmsa_keras model: {EXPECTED}"
+        )
     del source
     return report
 
