@@ -332,3 +332,21 @@ def test_early_stopping_patience(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already stopped early" in again.stdout
     assert len(json.loads((model_dir / "history.json").read_text())) == 2
+
+
+@pytest.mark.slow
+def test_validation_on_two_replicas_with_an_odd_split_matches_one_device(tmp_path):
+    """5 validation images on 2 replicas: the last batch is completed with an all-ignore filler
+    (an empty replica batch fails in BatchNorm). With LR 0 and BatchNorm momentum 1 the model
+    stays at its (seeded) initial weights, so validation must equal the one-device run's."""
+    flags = [*TINY_FLAGS, "--synthetic_val_size=5", "--learning_rate=0", "--bn_momentum=1.0", "--epochs=1",
+             "--steps_per_epoch=1", "--image_every=0", "--worst_images=5"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for model_dir, extra in ((one, []), (two, ["--strategy=mirrored", "--num_cpu_replicas=2"])):
+        proc = run(train_cmd(*flags, *extra, f"--model_dir={model_dir}"))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    a = json.loads((one / "history.json").read_text())[0]
+    b = json.loads((two / "history.json").read_text())[0]
+    for key in ("val_loss", "val_miou", "val_pixel_accuracy"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, err_msg=key)
+    assert "images/worst" in event_tags(two / "logs" / "val")

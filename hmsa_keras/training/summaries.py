@@ -38,6 +38,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from hmsa_keras import visualize
+from hmsa_keras.conventions import IGNORE_LABEL
 
 DISPLAY_SIDE = 320  # panels are subsampled to at most this many pixels on their long side
 
@@ -91,6 +92,8 @@ class ValidationWatcher:
         items = []
         for images, labels in local_batches:
             for b in range(int(images.shape[0])):
+                if len(local_batches) > 1 and np.all(np.asarray(labels[b]) == IGNORE_LABEL):
+                    continue  # filler completing a last multi-replica batch
                 items.append((self._index, images, labels, b))
                 self._index += 1
         score = image_iou(step_cm)

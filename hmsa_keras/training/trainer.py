@@ -102,8 +102,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     train_ds = build_dataset(data_cfg, data_cfg.train_split, training=True, batch_size=batch)
     train_ds = train_ds.skip(start_step)  # replay the data position of the resumed step
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
-    val_ds = build_dataset(data_cfg, data_cfg.val_split, training=False,
-                           batch_size=strategy.num_replicas_in_sync)
+    val_ds = _validation_dataset(build_dataset, data_cfg, strategy.num_replicas_in_sync)
     dist_val_ds = strategy.experimental_distribute_dataset(val_ds)
     preview = next(iter(val_ds))
 
@@ -111,7 +110,9 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     # Per-image scores read the running confusion matrix after every validation step: a collective
     # under multi_worker, so there only the scalars and the confusion matrix are logged.
     watcher = ValidationWatcher(train_cfg.summary_images, train_cfg.worst_images)
-    if train_cfg.strategy == "multi_worker" or not watcher.active:
+    multi_worker = train_cfg.strategy == "multi_worker" or \
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker or not watcher.active:
         watcher = None
     train_fn = make_train_function(model, strategy)
     test_fn = make_test_function(model, strategy)  # traced once, reused by every validation
@@ -232,6 +233,25 @@ def _validate(model, strategy, dataset, test_fn, watcher=None):
     watcher.end()
     logs = {m.name: float(m.result()) for m in model.metrics}
     return logs, model.miou_metric.matrix()
+
+
+def _validation_dataset(build_dataset, data_cfg, replicas):
+    """Validation batches of one image per replica. When the split does not divide by the
+    replicas, the last batch is completed with copies of the first image whose labels are all
+    the ignore label (they add nothing to the losses or the confusion matrix): a replica given
+    an empty batch fails in BatchNorm."""
+    import tensorflow as tf
+
+    from hmsa_keras.conventions import IGNORE_LABEL
+    from hmsa_keras.training.run_config import num_examples
+
+    ds = build_dataset(data_cfg, data_cfg.val_split, training=False, batch_size=replicas)
+    missing = -num_examples(data_cfg, data_cfg.val_split) % replicas
+    if replicas == 1 or not missing:
+        return ds
+    singles = build_dataset(data_cfg, data_cfg.val_split, training=False, batch_size=1).unbatch()
+    filler = singles.take(1).map(lambda image, label: (image, tf.fill(tf.shape(label), IGNORE_LABEL)))
+    return singles.concatenate(filler.repeat(missing)).batch(replicas)
 
 
 def _local_batches(strategy, batch):
