@@ -151,6 +151,10 @@ class DataConfig:
                            "readable) | full (decode everything).", choices=VALIDATE_LEVELS)
     tfds_manual_dir: Optional[str] = option(None, "cityscapes_tfds: folder holding the official zips "
                                             "(default: data_dir).")
+    mapillary_version: str = option(
+        "1.2", "Mapillary Vistas version: 1.2 (65 classes) or 2.0 (123 classes); reads "
+        "config_v<version>.json and <split>/v<version>/labels when present (docs/data.md).",
+        choices=("1.2", "2.0"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +206,7 @@ class TrainConfig:
     eval_flip: bool = option(False, "Flip-TTA in the run's inference chain (hmsa-eval, hmsa-predict, "
                              "hmsa-export defaults).")
     export_dir: Optional[str] = option(None, "After training, export a SavedModel of the best model here "
-                                       "(chain --eval_scales).")
+                                       "(chain --eval_scales); a relative path is inside --model_dir.")
     init_from: Optional[str] = option(
         None, "Warm start: initial weights from a run directory (its best model), a .keras file, a "
         ".weights.h5 file or a converted checkpoint directory, matched by layer name and shape. Weights "

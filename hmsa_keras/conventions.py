@@ -10,13 +10,16 @@ pipeline, the command-line tools and the TensorFlow-free LiteRT runner can all i
 - Scale chains: :func:`parse_scales` (one rule everywhere: finite, > 0, distinct, sorted
   ascending), :func:`parse_sweep`, :func:`chain_name`, :func:`chain_tag`.
 - Sizes: :func:`parse_hw` for ``HxW`` strings (``512x1024``, ``512,1024`` or ``512``).
-- The minimum input size: :data:`MIN_SIDE` and :func:`check_min_size`.
+- The minimum input size: :data:`MIN_SIDE`, :func:`min_size_problem`, :func:`check_min_size`,
+  :func:`min_input_side` (the smallest side a chain accepts), :func:`scaled_side`.
 """
 
 from __future__ import annotations
 
 import math
 from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 IGNORE_LABEL = 255
 MEAN = (0.485, 0.456, 0.406)
@@ -109,14 +112,37 @@ def parse_hw(value: Union[str, Sequence[int], None], what: str = "size") -> Opti
     return h, w
 
 
+def scaled_side(side: int, scale: float) -> int:
+    """An image side resized by ``scale`` as the models resize it: ``floor(side * scale)`` in
+    float32 arithmetic (``hmsa_keras.models.fusion.scaled_size``; float32 so that the Keras
+    model, the SavedModel and TFLite agree), at least 1."""
+    return max(int(np.floor(np.float32(side) * np.float32(scale))), 1)
+
+
+def min_input_side(scales: Sequence[float]) -> int:
+    """The smallest image side (pixels) that is at least :data:`MIN_SIDE` at every scale of
+    ``scales`` (:func:`scaled_side`), e.g. 16 for ``(1.0,)``, 32 for ``(0.5, 1.0, 2.0)``, 64
+    with 0.25 in the chain."""
+    smallest = min(float(s) for s in scales)
+    side = max(int(math.ceil(MIN_SIDE / smallest)) - 1, 1)
+    while scaled_side(side, smallest) < MIN_SIDE:
+        side += 1
+    return side
+
+
 def min_size_problem(height: int, width: int, scales: Sequence[float]) -> Optional[str]:
     """``None`` if an image of ``height`` x ``width`` pixels is at least :data:`MIN_SIDE`
-    pixels per side at every scale of ``scales`` (sizes ``floor(side * scale)``, as the
-    models resize), else a one-line explanation naming the size and the smallest scale."""
+    pixels per side at every scale of ``scales`` (sizes :func:`scaled_side`, as the models
+    resize), else a one-line explanation naming the size, the smallest scale that is too small
+    and the size needed.
+
+    The rule for every entry point (Python API, hmsa-predict, hmsa-eval, SavedModel, TFLite,
+    LiteRT runner): images below it are refused, never padded (docs/data.md, "Input contract").
+    """
     for s in sorted(scales):
-        h, w = int(math.floor(height * s)), int(math.floor(width * s))
+        h, w = scaled_side(height, s), scaled_side(width, s)
         if min(h, w) < MIN_SIDE:
-            need = math.ceil(MIN_SIDE / s)
+            need = min_input_side([s])
             return (f"image of {height}x{width} (HxW) is {h}x{w} at scale {s:g}: every side must be at "
                     f"least {MIN_SIDE} pixels at every scale of the chain, i.e. at least {need} pixels "
                     f"at scale {s:g}; use a larger image or drop scale {s:g}")
@@ -132,5 +158,5 @@ def check_min_size(height: int, width: int, scales: Sequence[float], name: str =
 
 __all__ = [
     "Chain", "IGNORE_LABEL", "MEAN", "MIN_SIDE", "STD", "chain_name", "chain_tag", "check_min_size",
-    "min_size_problem", "parse_hw", "parse_scales", "parse_sweep",
+    "min_input_side", "min_size_problem", "parse_hw", "parse_scales", "parse_sweep", "scaled_side",
 ]

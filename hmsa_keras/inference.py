@@ -44,21 +44,62 @@ BLENDS = ("gaussian", "uniform", "crop")
 
 # ----------------------------------------------------------------------------- input contract
 def check_image(image, name: str = "image") -> np.ndarray:
-    """The input contract of :func:`segment_image`: one RGB image, uint8 ``[H, W, 3]``.
+    """The input contract of :func:`segment_image`: ONE RGB image, uint8 ``[H, W, 3]``, at
+    least 1 pixel (the minimum size for a chain is checked separately:
+    :func:`hmsa_keras.conventions.min_size_problem`).
 
-    Returns the image as a NumPy array. Raises ValueError naming ``name`` for another rank,
-    channel count or dtype (float images in [0, 1] or 16-bit arrays are refused: convert them
-    to uint8 RGB first, e.g. ``(x * 255).round().astype(np.uint8)`` or ``(x >> 8).astype(np.uint8)``).
+    Nothing is converted, because every conversion of another dtype guesses a range: float
+    images (in [0, 1] or in [0, 255]?), 16-bit arrays (full 16-bit range or 12-bit camera
+    data?), greyscale or RGBA arrays, batches and file paths are refused with a message
+    saying what to pass. Files are read with :func:`hmsa_keras.data.io.read_image`, whose
+    rules (EXIF orientation, 16-bit grey ``v >> 8``) are documented in docs/data.md.
+
+    Returns the image as a NumPy array. Raises ValueError naming ``name``.
     """
+    expected = f"{name}: expected one RGB image [height, width, 3]"
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        raise ValueError(f"{expected}, got a path {image!r}; read the file first: "
+                         "hmsa_keras.data.io.read_image(path) (RGB uint8, EXIF orientation "
+                         "applied)")
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{name}: expected one RGB image of shape [height, width, 3], got shape {image.shape}")
+    shape = tuple(image.shape)
+    if image.ndim == 4 and shape[-1] == 3:
+        raise ValueError(f"{expected}, got a batch of shape {shape}; segment the images one by "
+                         "one, e.g. image[0]")
+    if image.ndim == 2 or (image.ndim == 3 and shape[-1] == 1):
+        raise ValueError(f"{expected}, got a greyscale array of shape {shape}; repeat it to three "
+                         "channels: np.repeat(x.reshape(x.shape[0], x.shape[1], 1), 3, axis=-1)")
+    if image.ndim == 3 and shape[-1] == 4:
+        raise ValueError(f"{expected}, got 4 channels {shape} (RGBA?); drop the alpha channel: "
+                         "x[..., :3]")
+    if image.ndim != 3 or shape[-1] != 3:
+        raise ValueError(f"{expected}, got shape {shape}")
     if image.dtype != np.uint8:
-        raise ValueError(f"{name}: expected dtype uint8 (RGB pixels 0..255), got {image.dtype}; convert it "
-                         "first, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
-    if min(image.shape[:2]) < 1:
-        raise ValueError(f"{name}: empty image of shape {image.shape}")
+        raise ValueError(f"{name}: expected dtype uint8 (RGB pixels 0..255), got {image.dtype}"
+                         f"{_value_range(image)}; {_conversion_hint(image.dtype)}")
+    if min(shape[:2]) < 1:
+        raise ValueError(f"{name}: empty image of shape {shape}")
     return image
+
+
+def _value_range(image) -> str:
+    try:
+        if image.size and np.issubdtype(image.dtype, np.number):
+            return f" with values in [{image.min():g}, {image.max():g}]"
+    except (TypeError, ValueError):
+        pass
+    return ""
+
+
+def _conversion_hint(dtype) -> str:
+    if np.issubdtype(dtype, np.floating):
+        return ("convert it yourself, knowing its range: (x * 255).round().astype(np.uint8) for "
+                "floats in [0, 1], x.round().clip(0, 255).astype(np.uint8) for floats in [0, 255]")
+    if np.issubdtype(dtype, np.integer):
+        return ("for 16-bit pixels use (x >> 8).astype(np.uint8), the rule "
+                "hmsa_keras.data.io.read_image applies to 16-bit files (or rescale 12-bit data "
+                "yourself)")
+    return "convert it to uint8 RGB first"
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -180,14 +221,15 @@ def _segment_tiled(model, x, tile, overlap, scales, flip, blend, align, tile_bat
 # ----------------------------------------------------------------------------- the entry point
 def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip: bool = False,
                   return_details: bool = False, tile_size=None, tile_overlap: int = 128,
-                  tile_blend: str = "gaussian", tile_align: int = 1, tile_batch: int = 1) -> dict:
+                  tile_blend: str = "gaussian", tile_align: int = 1, tile_batch: int = 1,
+                  name: str = "image") -> dict:
     """Segments one RGB image with any chain of scales, optionally tile by tile.
 
     Args:
       model: an :class:`hmsa_keras.HMSA` (anything with its ``segment`` method).
       image: uint8 ``[H, W, 3]`` RGB (see :func:`check_image`).
       scales: the inference chain, e.g. ``(0.5, 1.0, 2.0)`` (any positive, distinct scales;
-        hierarchical fusion as in arXiv 2005.10821 Sec. 3.2, reference
+        hierarchical fusion as in arXiv 2005.10821, reference
         ``network/mscale.py: nscale_forward``).
       flip: average with the fused logits of the mirrored image (flip-TTA).
       return_details: also return every scale's logits and attention.
@@ -195,6 +237,7 @@ def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip:
       tile_overlap: pixels shared by neighbouring tiles; tile_blend: ``gaussian`` |
         ``uniform`` | ``crop`` (module docstring); tile_align: tile offsets are multiples of
         it where possible; tile_batch: tiles per model call.
+      name: how error messages name the image (e.g. its file).
     Returns:
       NumPy arrays at the image's size: ``classes`` ``[H, W]`` int32, ``logits`` and
       ``probabilities`` (softmax) ``[H, W, K]`` float32, ``num_tiles``; with
@@ -202,20 +245,22 @@ def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip:
       ``{scale: [H, W]}`` (sigmoid, in [0, 1]).
     Raises:
       ValueError: a bad image (:func:`check_image`), chain, tile size, overlap or blend, or an
-        image too small for the chain (:func:`hmsa_keras.conventions.min_size_problem`).
+        image too small for the chain (:func:`hmsa_keras.conventions.min_size_problem`: refused,
+        never padded), each message starting with ``name``.
     """
-    image = check_image(image)
+    image = check_image(image, name)
     scales = conventions.parse_scales(scales, "scales")
-    conventions.check_min_size(image.shape[0], image.shape[1], scales)
+    conventions.check_min_size(image.shape[0], image.shape[1], scales, name=name)
     if tile_blend not in BLENDS:
         raise ValueError(f"tile_blend must be one of {BLENDS}, got {tile_blend!r}")
     tile = conventions.parse_hw(tile_size, "tile_size") or image.shape[:2]
-    if tile_size is not None and not 0 <= tile_overlap < min(tile):
-        raise ValueError(f"tile_overlap must be in [0, {min(tile)}) for tiles of {tile[0]}x{tile[1]}, "
-                         f"got {tile_overlap}")
+    cut = [t for t, side in zip(tile, image.shape[:2]) if t < side]  # axes that are really tiled
+    if cut and not 0 <= tile_overlap < min(cut):
+        raise ValueError(f"tile_overlap must be in [0, {min(cut)}) for tiles of {tile[0]}x{tile[1]} on an "
+                         f"image of {image.shape[0]}x{image.shape[1]}, got {tile_overlap}")
     if tile_size is not None:
         conventions.check_min_size(min(tile[0], image.shape[0]), min(tile[1], image.shape[1]), scales,
-                                   name=f"tile of {tile[0]}x{tile[1]}")
+                                   name=f"{name}: tile of {tile[0]}x{tile[1]}")
     logits, scale_logits, attention, num_tiles = _segment_tiled(
         model, normalize(image), tile, int(tile_overlap), scales, bool(flip), tile_blend, tile_align,
         tile_batch, bool(return_details))

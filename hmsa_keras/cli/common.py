@@ -19,8 +19,9 @@ log = logging.getLogger("hmsa_keras")
 # The recipe fields a model-reading tool takes from a flagfile or its command line.
 MODEL_DIR_FIELDS = ("model_dir", "eval_scales", "eval_flip")
 # The DataConfig fields that decide which evaluation images a split holds.
-EVAL_DATA_FIELDS = ("dataset", "data_dir", "val_split", "eval_long_edge", "synthetic_val_size",
-                    "synthetic_image_size", "seed", "validate", "tfds_manual_dir")
+EVAL_DATA_FIELDS = ("dataset", "data_dir", "val_split", "eval_long_edge", "eval_upscale",
+                    "synthetic_val_size", "synthetic_image_size", "seed", "validate",
+                    "tfds_manual_dir", "mapillary_version")
 INFERENCE_ALIASES = {"scales": "eval_scales", "flip": "eval_flip"}
 
 

@@ -5,8 +5,10 @@
     hmsa-data check --flagfile=flags/camvid_mobilenetv2.cfg --data_dir=DIR
 
 ``check`` decodes every image/label pair of the split, reports EVERY problem (missing
-partner, unreadable or corrupt file, label/image size mismatch, label ids outside the class
-table, empty split, wrong path) with its file name, prints the number of images and the
+partner, unreadable or corrupt file, refused image mode, label/image size mismatch, label ids
+outside the class table, a class table of the wrong length, empty split, wrong path) with its
+file name, lists the files the readers handle but you should know about as warnings
+(EXIF-rotated, 16-bit grey; docs/data.md "Image files"), prints the number of images and the
 class pixel histogram, and exits with status 1 when there was any problem. ``info`` prints
 the class table.
 """

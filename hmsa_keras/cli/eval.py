@@ -91,6 +91,7 @@ def main(argv):
     from hmsa_keras import metrics as M
     from hmsa_keras.conventions import chain_name
     from hmsa_keras.data import DataError, build_dataset, get_dataset_info, iter_pairs
+    from hmsa_keras.data.pipeline import check_eval_inputs
     from hmsa_keras.evaluation import evaluate
     from hmsa_keras.evaluation.cityscapes import CityscapesSubmissionWriter
 
@@ -126,6 +127,12 @@ def main(argv):
             import hmsa_keras
 
             model = hmsa_keras.load_model(model_dir)
+    try:  # up front, from file headers: one image size per batch; every image large enough
+        scales = sorted({s for c in chains for s in c})
+        check_eval_inputs(data_cfg, split, opts.eval_batch_size, scales, tile_size=opts.tile_size,
+                          max_images=opts.max_images or None)
+    except DataError as exc:
+        raise app.UsageError(str(exc)) from None
     writer = CityscapesSubmissionWriter(opts.cityscapes_submission_dir, pairs) if pairs else None
     log.info("evaluating %s on %s/%s (%d classes), chain(s) %s, %d replica(s)%s",
              opts.saved_model or model_dir, data_cfg.dataset, split, info.num_classes,

@@ -115,9 +115,10 @@ def predict(tool: Tool):
             image = read_image(path)
             out = hmsa_keras.segment_image(model, image, chain, flip, return_details=opts.save_attention,
                                            tile_size=opts.tile_size, tile_overlap=opts.tile_overlap,
-                                           tile_blend=opts.tile_blend)
-        except (DataError, ValueError) as exc:
-            raise app.UsageError(f"{path}: {exc}") from None
+                                           tile_blend=opts.tile_blend, name=path)
+        except (DataError, ValueError) as exc:  # the reader's and the contract's messages name it
+            text = str(exc)
+            raise app.UsageError(text if text.startswith(path) else f"{path}: {text}") from None
         classes = out["classes"].astype(np.uint8)
         stem = os.path.splitext(os.path.basename(path))[0]
         dest = lambda suffix: os.path.join(opts.output_dir, stem + suffix)  # noqa: E731

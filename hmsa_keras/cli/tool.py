@@ -22,10 +22,16 @@ exactly the tool's flags.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
+import warnings
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 from absl import app, flags
@@ -217,14 +223,84 @@ class Tool:
         sys.exit(status or 0)
 
 
+# Lines TensorFlow's native libraries write straight to file descriptor 2 while `import
+# tensorflow` loads them, before any log level applies (TF 2.21: "WARNING: All log messages
+# before absl::InitializeLog() ...", the oneDNN notice of port.cc, twice).
+_NATIVE_NOISE = re.compile(rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|"
+                           rb"WARNING: All log messages before absl::InitializeLog\(\)|"
+                           rb"To enable the following instructions:)")
+_QUIET_LIBRARIES = (r"(tensorflow|keras|tf_keras|absl|google\.protobuf|h5py|tensorflow_datasets)"
+                    r"(\.|$)")
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(keep=lambda line: not _NATIVE_NOISE.match(line)):
+    """Captures what is written to file descriptor 2 (C/C++ code included) inside the block
+    and writes back only the lines ``keep`` accepts (default: all but TensorFlow's native
+    INFO/WARNING lines). Used around ``import tensorflow`` at ``--verbosity=0``. (Should the
+    process die inside the block, e.g. a native crash while TensorFlow loads, what it wrote is
+    lost: rerun with ``--verbosity=1`` to see it.)"""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured by a test runner)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            kept = b"".join(line for line in capture if keep(line))
+            if kept:
+                os.write(fd, kept)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Makes the first ``import tensorflow`` run inside :func:`native_stderr_filtered`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)  # once; the real finders do the work
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        real_exec = loader.exec_module
+
+        def exec_module(module):
+            with native_stderr_filtered():
+                real_exec(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
 def setup_logging(verbosity: int = 0) -> None:
-    """Our messages at INFO on stderr (one line each); TensorFlow's and absl's below
-    ``verbosity`` 1 only from ERROR up."""
+    """Our messages at INFO on stderr (one line each). Below ``verbosity`` 1, TensorFlow's,
+    Keras' and absl's output is cut to errors: their Python loggers at ERROR, the native
+    log threshold ``TF_CPP_MIN_LOG_LEVEL=2`` (unless set), the INFO lines TensorFlow's
+    libraries print while they load filtered out (:func:`native_stderr_filtered`), and
+    their Python warnings (deprecations etc.) ignored. ``verbosity`` >= 1 shows everything."""
     if verbosity < 1:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport)
+                                                       for f in sys.meta_path):
+            sys.meta_path.insert(0, _QuietTensorFlowImport())
+        warnings.filterwarnings("ignore", module=_QUIET_LIBRARIES)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet = logging.ERROR if verbosity < 1 else logging.INFO
-    for name in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
+    for name in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "keras"):
         logging.getLogger(name).setLevel(quiet)
     try:
         from absl import logging as absl_logging

@@ -73,7 +73,7 @@ def write_flagfile(tool: Tool, model_dir: str) -> None:
 
 def main(argv):
     model_cfg, data_cfg, train_cfg = configs_from_flags()
-    from hmsa_keras.training.distribute import is_chief, make_strategy
+    from hmsa_keras.training.distribute import MultiWorkerFault, is_chief, make_strategy
 
     try:
         strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas)  # before any TF op
@@ -98,12 +98,18 @@ def main(argv):
     except DataError as e:  # missing/unreadable files: the message names them
         print(f"hmsa-train: data error: {e}", file=sys.stderr)
         return 2
+    except MultiWorkerFault as e:  # a lost peer or workers that resumed differently: names them
+        print(f"hmsa-train: error: {e}", file=sys.stderr)
+        return 4
     print(f"Done: best val mIoU {result['best_val_miou']:.4f}; models in {train_cfg.model_dir}")
     if train_cfg.export_dir and is_chief(strategy):
+        import os
+
         from hmsa_keras.api import load_model
         from hmsa_keras.export import export_saved_model
 
-        path = export_saved_model(load_model(train_cfg.model_dir), train_cfg.export_dir,
+        path = export_saved_model(load_model(train_cfg.model_dir),
+                                  os.path.join(train_cfg.model_dir, train_cfg.export_dir),
                                   scales=train_cfg.eval_scales, flip=train_cfg.eval_flip)
         print(f"Exported SavedModel to {path}")
     return 0

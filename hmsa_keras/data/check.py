@@ -1,4 +1,10 @@
-"""Scan a whole split and report every problem at once (``hmsa-data check``)."""
+"""Scan a whole split and report every problem at once (``hmsa-data check``).
+
+Problems (the split cannot be used as is: missing partners, unreadable files, size
+mismatches, ids outside the class table, refused image modes) make the exit status 1;
+warnings are files the readers handle but the user should know about (EXIF-rotated images
+or labels, used as displayed; 16-bit grey images reduced to 8 bits), listed without failing.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ class ScanReport:
     num_images: int = 0
     histogram: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
     problems: List[str] = dataclasses.field(default_factory=list)
+    warnings: List[str] = dataclasses.field(default_factory=list)
     info: Optional[DatasetInfo] = None
 
     @property
@@ -41,6 +48,9 @@ class ScanReport:
                     lines[-1] += "  (absent)"
             n = int(self.histogram[255])
             lines.append(f"  {255:3d}  {'(ignore)':24s} {n:14d} {100.0 * n / total:7.3f}%")
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s) (handled; docs/data.md, Image files):")
+            lines += [f"  - {w}" for w in self.warnings]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  - {p}" for p in self.problems]
@@ -77,8 +87,14 @@ def scan_dataset(config, split: str, workers: int = 4) -> ScanReport:
         pairs, problems = list_split(config, split)
         report.problems += problems
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-            for found, hist in pool.map(lambda p: check_pair(p[0], p[1], info), pairs):
+            def one(pair):
+                notes = []
+                found, hist = check_pair(pair[0], pair[1], info, warnings=notes)
+                return found, hist, notes
+
+            for found, hist, notes in pool.map(one, pairs):
                 report.problems += found
+                report.warnings += notes
                 if hist is not None:
                     report.histogram += hist
                 report.num_images += 1

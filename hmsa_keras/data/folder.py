@@ -110,7 +110,7 @@ class PseudoLabelWriter:
     :meth:`close`, ``root/autolabel.json`` (per image, the share of ignored pixels).
 
     Raises DataError when ``root`` already holds a ``classes.json`` with other classes.
-    Source: the auto-labelling of arXiv 2005.10821 Sec. 4 (threshold 0.5).
+    Source: the auto-labelling of arXiv 2005.10821, auto-labelling (threshold 0.5).
     """
 
     def __init__(self, root, split, class_names, colors, confidence):

@@ -37,9 +37,17 @@ from typing import List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from hmsa_keras.conventions import min_size_problem
 from hmsa_keras.data import augment as aug
 from hmsa_keras.data import camvid, cityscapes, folder, mapillary, sampling, synthetic
-from hmsa_keras.data.io import DataError, check_pair, check_pair_header, format_problems, load_image_label
+from hmsa_keras.data.io import (
+    DataError,
+    check_pair,
+    check_pair_header,
+    format_problems,
+    load_image_label,
+    read_header,
+)
 from hmsa_keras.data.labels import DatasetInfo
 from hmsa_keras.data.normalization import normalize
 
@@ -49,8 +57,8 @@ VALIDATE_LEVELS = ("paths", "headers", "full")
 _TFDS_SHUFFLE_BUFFER = 64
 _SYNTHETIC_CACHE_BYTES = 512 * 2**20
 
-__all__ = ["DATASETS", "DatasetInfo", "DataError", "build_dataset", "get_dataset_info", "iter_pairs",
-           "load_image_label"]
+__all__ = ["DATASETS", "DatasetInfo", "DataError", "build_dataset", "check_eval_inputs",
+           "eval_image_sizes", "get_dataset_info", "iter_pairs", "load_image_label"]
 
 
 # ------------------------------------------------------------------ dataset lookup
@@ -229,9 +237,7 @@ def _finish(ds, batch_size, drop_remainder):
 
 
 def _eval_map(config):
-    long_edge = config.eval_long_edge
-    if long_edge is None and config.dataset == "mapillary":
-        long_edge = mapillary.DEFAULT_EVAL_LONG_EDGE
+    long_edge = _eval_long_edge(config)
     upscale = config.eval_upscale
 
     def prepare(image, label):
@@ -240,6 +246,87 @@ def _eval_map(config):
         return normalize(image), tf.cast(label, tf.int32)
 
     return prepare
+
+
+def _eval_long_edge(config):
+    long_edge = config.eval_long_edge
+    if long_edge is None and config.dataset == "mapillary":
+        long_edge = mapillary.DEFAULT_EVAL_LONG_EDGE
+    return long_edge
+
+
+def eval_resized_hw(height: int, width: int, long_edge: Optional[int], upscale: bool = False):
+    """The (height, width) an evaluation image of ``height`` x ``width`` reaches the model
+    with: :func:`hmsa_keras.data.augment.resize_long_edge` in NumPy (same float32 arithmetic
+    and round-half-to-even)."""
+    longest = max(height, width)
+    if not long_edge or longest == long_edge or (longest < long_edge and not upscale):
+        return height, width
+    ratio = np.float32(long_edge) / np.float32(longest)
+    return tuple(max(1, int(np.round(np.float32(v) * ratio))) for v in (height, width))
+
+
+def eval_image_sizes(config, split: str, limit: Optional[int] = None):
+    """``[(name, (height, width))]``: every evaluation image of ``split`` (the first ``limit``)
+    at the size the model sees it (EXIF orientation and ``eval_long_edge`` applied), read from
+    file headers only. ``None`` for ``cityscapes_tfds`` (sizes unknown without decoding; its
+    images are all 1024x2048). Raises DataError for a missing split or unreadable file."""
+    check_config(config)
+    long_edge, upscale = _eval_long_edge(config), bool(config.eval_upscale)
+    if config.dataset == "cityscapes_tfds":
+        return None
+    if config.dataset == "synthetic":
+        n = synthetic.split_size(config, split)
+        n = n if limit is None else min(n, limit)
+        hw = eval_resized_hw(*(int(v) for v in config.synthetic_image_size), long_edge, upscale)
+        return [(f"synthetic {split} image {i}", hw) for i in range(n)]
+    pairs = iter_pairs(config, split)
+    if limit is not None:
+        pairs = pairs[:limit]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        headers = list(pool.map(lambda pair: read_header(pair[0]), pairs))
+    return [(h.path, eval_resized_hw(*h.hw, long_edge, upscale)) for h in headers]
+
+
+def check_eval_inputs(config, split: str, batch_size: int, scales, tile_size=None,
+                      max_images: Optional[int] = None) -> None:
+    """Up-front checks of an evaluation (``hmsa-eval``), from file headers only:
+
+    - ``batch_size`` > 1 needs every image of the split at one size (batches are not padded:
+      padding would change the predictions, hence the metrics);
+    - every image (or tile of ``tile_size``) must be large enough for every scale of
+      ``scales`` (:func:`hmsa_keras.conventions.min_size_problem`; refused, never padded).
+
+    Raises DataError with one line naming an offending image, its size and what to do.
+    """
+    limit = None
+    if max_images:
+        limit = -(-int(max_images) // max(int(batch_size), 1)) * max(int(batch_size), 1)
+    sizes = eval_image_sizes(config, split, limit)
+    if not sizes:
+        return
+    resized = " after the evaluation resize" if _eval_long_edge(config) else ""
+    if batch_size > 1:
+        first = sizes[0]
+        other = next((item for item in sizes if item[1] != first[1]), None)
+        if other is not None:
+            count = len({hw for _, hw in sizes})
+            raise DataError(
+                f"{config.dataset} split {split!r}: batch size {batch_size} needs images of one "
+                f"size, but they come in {count} sizes{resized} (e.g. {first[0]} is "
+                f"{first[1][0]}x{first[1][1]}, {other[0]} is {other[1][0]}x{other[1][1]}, HxW); "
+                "use a batch size of 1 (hmsa-eval --batch_size=1)")
+    bad = []
+    for name, (h, w) in sizes:
+        if tile_size is not None:
+            h, w = min(h, int(tile_size[0])), min(w, int(tile_size[1]))
+        problem = min_size_problem(h, w, scales)
+        if problem:
+            bad.append(f"{name}: {problem}")
+    if bad:
+        more = f" (and {len(bad) - 1} more image(s) of split {split!r})" if len(bad) > 1 else ""
+        tile = f" (tiles of {tile_size[0]}x{tile_size[1]})" if tile_size is not None else ""
+        raise DataError(bad[0] + resized.replace(" after", "; sizes are after") + tile + more)
 
 
 def build_dataset(config, split: str, training: bool, batch_size: int, *,
@@ -252,7 +339,7 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
       training: augmented random crops of ``config.crop_size``, shuffled;
         otherwise full images in file order, not augmented.
       batch_size: global batch size. For evaluation of datasets whose images
-        differ in size use 1.
+        differ in size use 1 (:func:`check_eval_inputs` says so up front).
       repeat: default ``training``. drop_remainder: default ``training``.
     Raises:
       DataError: unknown dataset, missing/empty split, unpaired files, or

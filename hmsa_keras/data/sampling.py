@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: label files are read as displayed (EXIF orientation applied)
 
 
 @dataclasses.dataclass

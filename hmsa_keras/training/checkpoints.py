@@ -7,7 +7,11 @@
 - ``best.keras`` / ``last.keras`` are written to a temporary file in the same folder
   and moved into place with ``os.replace`` (atomic on POSIX).
 - Under multi-worker every worker must take part in a save; only the chief writes
-  into ``model_dir``, the others into a private temporary folder.
+  into ``model_dir``, the others into a private temporary folder. On a restart every worker
+  restores the chief's newest snapshot from ``model_dir/checkpoints`` (so all workers must see
+  the chief's ``model_dir``: a shared file system), and the workers check that they restored
+  the same step before training on (a worker that found no checkpoint would otherwise train
+  from other weights and run more steps than the others).
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ class RunState:
 class CheckpointKeeper:
     """Wraps a ``tf.train.CheckpointManager`` with chief / non-chief handling."""
 
-    def __init__(self, model_dir, model, optimizer, state: RunState, chief=True, max_to_keep=3):
+    def __init__(self, model_dir, model, optimizer, state: RunState, chief=True, max_to_keep=3,
+                 strategy=None):
         self.chief = chief
+        self.strategy = strategy
+        self.state = state
         self.directory = os.path.join(model_dir, "checkpoints")
         write_dir = self.directory if chief else tempfile.mkdtemp(prefix="hmsa_worker_ckpt_")
         # The loss trackers' running sums too, so that a run resumed mid-epoch reports the
@@ -46,13 +53,35 @@ class CheckpointKeeper:
         self._write_dir = write_dir
 
     def restore_latest(self):
-        """Restores the chief's newest checkpoint; returns its path or None for a fresh run."""
+        """Restores the chief's newest checkpoint; returns its path or None for a fresh run.
+
+        With a multi-worker ``strategy``, raises ``MultiWorkerFault`` when the workers restored
+        different steps (:func:`hmsa_keras.training.distribute.check_workers_agree`)."""
         latest = tf.train.latest_checkpoint(self.directory)
         if latest:
             self.checkpoint.restore(latest).expect_partial()
+        if self.strategy is not None:
+            from hmsa_keras.training.distribute import check_workers_agree
+
+            source = latest or "no checkpoint"
+            check_workers_agree(
+                self.strategy, int(self.state.step.numpy()),
+                f"restored training step (from {source})",
+                hint=f"every worker must read the chief's checkpoints in {self.directory} (give "
+                     "all workers the same --model_dir on a shared file system)")
         return latest
 
     def save(self, step):
+        if self.strategy is not None:
+            from hmsa_keras.training.distribute import guard_collectives
+
+            save = guard_collectives(self._save, self.strategy,
+                                     lambda: f"the checkpoint of step {step}",
+                                     lambda: tf.train.latest_checkpoint(self.directory))
+            return save(step)
+        return self._save(step)
+
+    def _save(self, step):
         path = self.manager.save(checkpoint_number=int(step))
         if not self.chief:  # the non-chief copy only exists to take part in collectives
             shutil.rmtree(self._write_dir, ignore_errors=True)

@@ -37,7 +37,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     :func:`hmsa_keras.training.distribute.make_strategy`); it is made from
     ``train_cfg`` when not given.
     """
-    from hmsa_keras.training.distribute import is_chief, make_strategy
+    from hmsa_keras.training.distribute import guard_collectives, is_chief, make_strategy
 
     if strategy is None:
         strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas)
@@ -51,6 +51,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     from hmsa_keras.training.checkpoints import CheckpointKeeper, RunState, save_keras_atomic
     from hmsa_keras.training.loop import make_test_function, make_train_function
     from hmsa_keras.training.optimizer import build_optimizer
+    from hmsa_keras.training.progress import progress
     from hmsa_keras.training.run_config import check_resume, num_examples, resolve
     from hmsa_keras.training.summaries import Summaries, ValidationWatcher
 
@@ -85,7 +86,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                       scale_loss_weight=train_cfg.scale_loss_weight, class_weights=train_cfg.class_weights)
         optimizer.build(model.trainable_variables)
         state = RunState()
-    keeper = CheckpointKeeper(model_dir, model, optimizer, state, chief=chief)
+    keeper = CheckpointKeeper(model_dir, model, optimizer, state, chief=chief, strategy=strategy)
     resumed = keeper.restore_latest()
     start_step = int(state.step.numpy())
     if resumed:
@@ -114,8 +115,13 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multi_worker or not watcher.active:
         watcher = None
-    train_fn = make_train_function(model, strategy)
-    test_fn = make_test_function(model, strategy)  # traced once, reused by every validation
+    last_checkpoint = lambda: tf.train.latest_checkpoint(keeper.directory)  # noqa: E731
+    # Multi-worker: a lost peer ends the run with WorkerLost (naming it) instead of a hang.
+    train_fn = guard_collectives(make_train_function(model, strategy), strategy,
+                                 lambda: f"training step {step + 1} (epoch {epoch + 1})",
+                                 last_checkpoint)
+    test_fn = guard_collectives(make_test_function(model, strategy), strategy,  # traced once
+                                lambda: f"the validation of epoch {epoch + 1}", last_checkpoint)
     history_path = os.path.join(model_dir, "history.json")
     history = json.load(open(history_path)) if resumed and os.path.exists(history_path) else []
     result, logs = {}, {}
@@ -131,8 +137,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if first == 0:  # resumed mid-epoch: keep the restored running means of this epoch
             for tracker in model.loss_trackers.values():
                 tracker.reset_state()
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=list(model.loss_trackers),
-                                  verbose=1 if chief else 0)
+        bar = progress(steps_per_epoch, model.loss_trackers, verbose=chief, epoch=epoch + 1,
+                       epochs=train_cfg.epochs)  # a bar on a terminal, plain lines in a log file
         tic = time.time()
         for _ in range(first, steps_per_epoch):
             logs = {k: float(v) for k, v in train_fn(iterator).items()}

@@ -45,9 +45,10 @@ checkpoints.save_keras_atomic = spy
 
 model_cfg = ModelConfig(**TINY)
 data_cfg = DataConfig(dataset="synthetic", crop_size=(32, 32), synthetic_image_size=(64, 64),
-                      synthetic_train_size=16, synthetic_val_size=4, scale_min=0.75, scale_max=1.25)
+                      synthetic_train_size=16, synthetic_val_size=4, scale_min=0.75, scale_max=1.25,
+                      seed=3)
 train_cfg = TrainConfig(model_dir=model_dir, batch_size=2, epochs=1, steps_per_epoch=3, learning_rate=0.01,
-                        checkpoint_every=2, image_every=0, strategy="multi_worker", seed=3)
+                        checkpoint_every=2, image_every=0, strategy="multi_worker")
 result = train(model_cfg, data_cfg, train_cfg, strategy)
 model = captured["model"]
 np.savez(out_path, names=np.array([v.path for v in model.weights]), result=json.dumps(result),
