@@ -1,4 +1,5 @@
-"""Training engine pieces that run in-process: the fused loss, the optimizer, the LR schedule, freezing."""
+"""Training engine pieces that run in-process: the fused loss, the optimizer, the LR schedule,
+freezing, and the documented Python workflow."""
 
 import os
 
@@ -18,9 +19,11 @@ def _bilinear(x, size):
         hi = np.minimum(lo + 1, n_in - 1)
         return lo, hi, src - lo
 
-    (ylo, yhi, wy), (xlo, xhi, wx) = axis_weights(x.shape[1], size[0]), axis_weights(x.shape[2], size[1])
+    (ylo, yhi, wy), (xlo, xhi, wx) = (axis_weights(x.shape[1], size[0]),
+                                      axis_weights(x.shape[2], size[1]))
     rows = x[:, ylo] * (1 - wy)[None, :, None, None] + x[:, yhi] * wy[None, :, None, None]
-    return rows[:, :, xlo] * (1 - wx)[None, None, :, None] + rows[:, :, xhi] * wx[None, None, :, None]
+    return (rows[:, :, xlo] * (1 - wx)[None, None, :, None]
+            + rows[:, :, xhi] * wx[None, None, :, None])
 
 
 def _ce(labels, logits):
@@ -80,7 +83,8 @@ def test_fused_loss_matches_hand_computed_value(aux_model, monkeypatch):
     assert set(terms) == set(want)
     for name, value in want.items():
         np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
-    expected_total = want["fused"] + 0.4 * want["aux"] + 0.05 * (want["scale_0.5"] + want["scale_1"])
+    scale_sum = want["scale_0.5"] + want["scale_1"]
+    expected_total = want["fused"] + 0.4 * want["aux"] + 0.05 * scale_sum
     np.testing.assert_allclose(float(total), expected_total, rtol=1e-5)
 
 
@@ -88,7 +92,8 @@ def test_fused_loss_matches_hand_computed_value(aux_model, monkeypatch):
 def three_scale_model():
     import hmsa_keras
 
-    model = hmsa_keras.build_model(num_classes=3, aux_head=True, train_scales=(0.5, 1.0, 2.0), **TINY)
+    model = hmsa_keras.build_model(num_classes=3, aux_head=True, train_scales=(0.5, 1.0, 2.0),
+                                   **TINY)
     model.compile(optimizer="sgd", aux_weight=0.4, scale_loss_weight=0.05)
     return model
 
@@ -114,12 +119,15 @@ def test_three_scale_fused_loss_matches_hand_computed_chain(three_scale_model, m
 
     def run_scales(images, scales, training=False, attention=None):
         seen["scales"], seen["attention"] = tuple(scales), attention
-        return {s: tuple(tf.constant(outs[s][n]) for n in ("logits", "attn", "aux")) for s in scales}
+        return {s: tuple(tf.constant(outs[s][n]) for n in ("logits", "attn", "aux"))
+                for s in scales}
 
     monkeypatch.setattr(three_scale_model, "run_scales", run_scales)
-    total, fused, terms = three_scale_model.compute_loss_terms(tf.zeros((b, h, w, 3)), tf.constant(labels))
+    total, fused, terms = three_scale_model.compute_loss_terms(tf.zeros((b, h, w, 3)),
+                                                               tf.constant(labels))
     assert seen["scales"] == (0.5, 1.0, 2.0)
-    assert seen["attention"] is None or tuple(seen["attention"]) == (0.5, 1.0)  # 2.0x attention unused
+    # the 2.0x attention is unused: the head runs at 0.5 and 1.0 only
+    assert seen["attention"] is None or tuple(seen["attention"]) == (0.5, 1.0)
 
     def chain(name):
         a1, a05 = _sigmoid(outs[1.0]["attn"]), _sigmoid(outs[0.5]["attn"])
@@ -135,7 +143,8 @@ def test_three_scale_fused_loss_matches_hand_computed_chain(three_scale_model, m
     for name, value in want.items():
         np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
     scale_sum = want["scale_0.5"] + want["scale_1"] + want["scale_2"]
-    np.testing.assert_allclose(float(total), want["fused"] + 0.4 * want["aux"] + 0.05 * scale_sum, rtol=1e-5)
+    np.testing.assert_allclose(float(total), want["fused"] + 0.4 * want["aux"] + 0.05 * scale_sum,
+                               rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------- optimizer
@@ -162,7 +171,8 @@ def test_weight_decay_skips_batchnorm_and_biases():
     lr, wd = 0.5, 0.1
     opt = build_optimizer(model, lr, total_steps=10, weight_decay=wd)
     variables = model.trainable_variables
-    opt.apply_gradients([(tf.zeros_like(v), v) for v in variables])  # zero gradient: only decay moves w
+    # zero gradient: only decay moves w
+    opt.apply_gradients([(tf.zeros_like(v), v) for v in variables])
     excluded = {v.path for v in no_decay_variables(model)}
     assert excluded == {"conv_bias/bias", "bn/gamma", "bn/beta", "inner/inner_dense/bias"}
     for v in variables:
@@ -173,7 +183,8 @@ def test_weight_decay_skips_batchnorm_and_biases():
 def test_no_decay_covers_every_bn_and_bias_of_hmsa(tiny_model):
     from hmsa_keras.training.optimizer import no_decay_variables
 
-    want = {v.path for v in tiny_model.trainable_variables if v.path.rsplit("/", 1)[-1] in ("gamma", "beta", "bias")}
+    want = {v.path for v in tiny_model.trainable_variables
+            if v.path.rsplit("/", 1)[-1] in ("gamma", "beta", "bias")}
     got = [v.path for v in no_decay_variables(tiny_model)]
     assert len(got) == len(set(got)) and set(got) == want
     assert any("trunk" in p or "Conv1" in p or "_BN/" in p for p in got)  # nested trunk reached
@@ -194,7 +205,8 @@ def test_warmup_poly_decay_matches_formula(power, warmup):
         return base * max(1.0 - (t - warmup) / (total - warmup), 0.0) ** power
 
     for t in (0, 1, 2, 5, 9, 10, 11, 50, 99, 100, 150):
-        np.testing.assert_allclose(float(schedule(t)), formula(t), rtol=1e-5, atol=1e-9, err_msg=f"step {t}")
+        np.testing.assert_allclose(float(schedule(t)), formula(t), rtol=1e-5, atol=1e-9,
+                                   err_msg=f"step {t}")
     again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
     assert isinstance(again, WarmupPolyDecay) and again.get_config() == schedule.get_config()
 
@@ -210,7 +222,8 @@ def test_set_frozen_groups(tiny_model):
         assert not any(p.startswith("trunk") or "/trunk/" in p for p in paths)
         tiny_model.set_frozen(["trunk", "seg_head"])
         heads = [v.path for v in tiny_model.trainable_variables]
-        assert heads and all(p.rsplit("/", 2)[-2].startswith(FREEZE_GROUPS["attention"]) for p in heads), heads
+        assert heads and all(p.rsplit("/", 2)[-2].startswith(FREEZE_GROUPS["attention"])
+                             for p in heads), heads
         with pytest.raises(ValueError, match="backbone"):
             tiny_model.set_frozen(["backbone"])
     finally:
@@ -242,8 +255,9 @@ def test_documented_python_workflow_runs(tmp_path, capsys):
     assert start in code and end in code, "the settings markers moved: update this test"
     head, rest = code.split(start, 1)
     tiny = (f"RUN = {str(tmp_path / 'run')!r}\n"
-            "DATA = hmsa_keras.DataConfig(dataset='synthetic', synthetic_train_size=8, synthetic_val_size=2,\n"
-            "                             synthetic_image_size=(64, 64), crop_size=(48, 48))\n"
+            "DATA = hmsa_keras.DataConfig(dataset='synthetic', synthetic_train_size=8,\n"
+            "                             synthetic_val_size=2, synthetic_image_size=(64, 64),\n"
+            "                             crop_size=(48, 48))\n"
             f"MODEL = dict({', '.join(f'{k}={v!r}' for k, v in TINY.items())})\n"
             "BATCH, EPOCHS, STEPS_PER_EPOCH = 2, 2, 2\n")
     namespace = {}

@@ -68,7 +68,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     if chief:
         check_resume(run, model_dir)
         run.write(model_dir)
-    batch, steps_per_epoch, total_steps = resolved.global_batch_size, resolved.steps_per_epoch, resolved.total_steps
+    batch, steps_per_epoch = resolved.global_batch_size, resolved.steps_per_epoch
+    total_steps = resolved.total_steps
     learning_rate = resolved.learning_rate
 
     with strategy.scope():
@@ -76,27 +77,31 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if train_cfg.freeze:
             model.set_frozen(train_cfg.freeze)
         optimizer = build_optimizer(model, learning_rate, total_steps, train_cfg.momentum,
-                                    train_cfg.weight_decay, train_cfg.lr_power, train_cfg.warmup_steps,
+                                    train_cfg.weight_decay, train_cfg.lr_power,
+                                    train_cfg.warmup_steps,
                                     weight_decay_mode=train_cfg.weight_decay_mode,
                                     lr_schedule_granularity=train_cfg.lr_schedule_granularity,
                                     steps_per_epoch=steps_per_epoch)
         if train_cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer, loss=train_cfg.loss, aux_weight=train_cfg.aux_weight,
-                      scale_loss_weight=train_cfg.scale_loss_weight, class_weights=train_cfg.class_weights)
+                      scale_loss_weight=train_cfg.scale_loss_weight,
+                      class_weights=train_cfg.class_weights)
         optimizer.build(model.trainable_variables)
         state = RunState()
     keeper = CheckpointKeeper(model_dir, model, optimizer, state, chief=chief, strategy=strategy)
     resumed = keeper.restore_latest()
     start_step = int(state.step.numpy())
     if resumed:
-        _log(f"Resuming from {resumed}: epoch {int(state.epoch.numpy()) + 1}, step {start_step}/{total_steps}")
+        _log(f"Resuming from {resumed}: epoch {int(state.epoch.numpy()) + 1}, "
+             f"step {start_step}/{total_steps}")
         if train_cfg.init_from:  # the checkpoint holds this run's own weights: never overwrite them
-            _log(f"(--init_from={train_cfg.init_from} is not applied again: the run continues from its checkpoint)")
+            _log(f"(--init_from={train_cfg.init_from} is not applied again: the run continues "
+                 "from its checkpoint)")
     else:
-        _log(f"Starting a new run in {model_dir}: {train_cfg.epochs} epoch(s) x {steps_per_epoch} steps, "
-             f"global batch {batch} on {strategy.num_replicas_in_sync} replica(s), LR {learning_rate:g}, "
-             f"{train_cfg.precision}")
+        _log(f"Starting a new run in {model_dir}: {train_cfg.epochs} epoch(s) x {steps_per_epoch} "
+             f"steps, global batch {batch} on {strategy.num_replicas_in_sync} replica(s), "
+             f"LR {learning_rate:g}, {train_cfg.precision}")
         if train_cfg.init_from:
             _warm_start(model, train_cfg.init_from, model_dir, chief)
 
@@ -129,7 +134,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     patience = train_cfg.early_stopping_patience
     stopped_early = bool(patience) and _stale_validations(history) >= patience
     if stopped_early:
-        _log(f"This run already stopped early (no val mIoU improvement in {patience} validation(s)).")
+        _log(f"This run already stopped early (no val mIoU improvement in {patience} "
+             "validation(s)).")
     for epoch in range(int(state.epoch.numpy()), train_cfg.epochs):
         if stopped_early:
             break
@@ -145,14 +151,16 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
             step += 1
             if not all(math.isfinite(v) for v in logs.values()):
                 raise TrainingDiverged(
-                    f"Loss became {logs['loss']} at step {step} (epoch {epoch + 1}); stopped without "
-                    f"saving. The last good checkpoint is {tf.train.latest_checkpoint(keeper.directory)}. "
+                    f"Loss became {logs['loss']} at step {step} (epoch {epoch + 1}); stopped "
+                    "without saving. The last good checkpoint is "
+                    f"{tf.train.latest_checkpoint(keeper.directory)}. "
                     "Lower --learning_rate, add --warmup_steps, or check the data.")
             bar.update(step - epoch * steps_per_epoch, list(logs.items()))
             if step % 10 == 0 or step == total_steps:
                 lr = float(optimizer.learning_rate)
                 rate = (step - epoch * steps_per_epoch - first) / max(time.time() - tic, 1e-9)
-                summaries.scalars("train", {**logs, "learning_rate": lr, "steps_per_second": rate}, step)
+                summaries.scalars("train", {**logs, "learning_rate": lr, "steps_per_second": rate},
+                                  step)
             if train_cfg.image_every and step % train_cfg.image_every == 0:
                 summaries.images(model, *preview, step)
             if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
@@ -186,8 +194,9 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if patience and "val_miou" in result and _stale_validations(history) >= patience:
             stopped_early = True
             best = max((h for h in history if "val_miou" in h), key=lambda h: h["val_miou"])
-            _log(f"Early stopping after epoch {epoch + 1}: val mIoU has not improved for {patience} "
-                 f"validation(s) (best {best['val_miou']:.4f} at epoch {best['epoch']}).")
+            _log(f"Early stopping after epoch {epoch + 1}: val mIoU has not improved for "
+                 f"{patience} validation(s) (best {best['val_miou']:.4f} at epoch "
+                 f"{best['epoch']}).")
     save_keras_atomic(model, os.path.join(model_dir, api.LAST_MODEL), chief)
     result["best_val_miou"] = float(state.best_miou.numpy())
     result["stopped_early"] = stopped_early
@@ -200,7 +209,8 @@ BEST_METRICS = "best_metrics.json"
 
 
 def _warm_start(model, path, model_dir, chief):
-    """Applies ``--init_from`` to a new run and prints what was loaded (WarmStartError if unusable)."""
+    """Applies ``--init_from`` to a new run and prints what was loaded (WarmStartError if the
+    source is unusable)."""
     from hmsa_keras.training import warm_start
 
     report = warm_start.warm_start(model, path)
@@ -213,7 +223,8 @@ def _warm_start(model, path, model_dir, chief):
 def _validate(model, strategy, dataset, test_fn, watcher=None):
     """One validation pass: the model's ``test_step`` over the (distributed) dataset. Returns
     the logs and the confusion matrix; ``watcher`` sees the running matrix after every step
-    (per-image scores for TensorBoard, :class:`~hmsa_keras.training.summaries.ValidationWatcher`)."""
+    (per-image scores for TensorBoard,
+    :class:`~hmsa_keras.training.summaries.ValidationWatcher`)."""
     if watcher is None:
         from hmsa_keras.training.loop import evaluate
 
@@ -256,14 +267,16 @@ def _validation_dataset(build_dataset, data_cfg, replicas):
     if replicas == 1 or not missing:
         return ds
     singles = build_dataset(data_cfg, data_cfg.val_split, training=False, batch_size=1).unbatch()
-    filler = singles.take(1).map(lambda image, label: (image, tf.fill(tf.shape(label), IGNORE_LABEL)))
+    filler = singles.take(1).map(
+        lambda image, label: (image, tf.fill(tf.shape(label), IGNORE_LABEL)))
     return singles.concatenate(filler.repeat(missing)).batch(replicas)
 
 
 def _local_batches(strategy, batch):
     """The ``(images, labels)`` of each local replica of a (distributed) batch."""
     images, labels = batch
-    return list(zip(strategy.experimental_local_results(images), strategy.experimental_local_results(labels)))
+    return list(zip(strategy.experimental_local_results(images),
+                    strategy.experimental_local_results(labels)))
 
 
 def _stale_validations(history):
