@@ -219,6 +219,18 @@ class TrainConfig:
                              "hmsa-export defaults).")
     export_dir: Optional[str] = option(None, "After training, export a SavedModel of the best model here "
                                        "(chain --eval_scales); a relative path is inside --model_dir.")
+    init_from: Optional[str] = option(
+        None, "Warm start: initial weights from a run directory (its best model), a .keras file, a "
+        ".weights.h5 file or a converted checkpoint directory, matched by layer name and shape. Weights "
+        "only (fresh optimizer, step 0); not applied again when the run resumes from its own checkpoint.")
+    early_stopping_patience: int = option(
+        0, "Stop when the validation mIoU has not improved for this many validations (0: off).", lower=0)
+    summary_images: int = option(
+        4, "TensorBoard, val run: this many fixed validation images, chosen to cover the classes "
+        "(prediction, ground truth, attention), at every validation (0: none).", lower=0)
+    worst_images: int = option(
+        3, "TensorBoard, val run: the validation images with the lowest IoU at every validation (0: none).",
+        lower=0)
 
 
 # Shorthand flags kept for old flagfiles: one value sets several fields unless those are given.

@@ -61,7 +61,7 @@ def test_train_cost_quick(reports):
     assert report["benchmark"] == "train_cost" and report["quick"]
     entry = report["configs"]["tiny"]
     assert _positive(entry["matmul_gflops_median"])
-    assert set(entry["variants"]) == {"single", "hierarchical", "explicit"}
+    assert set(entry["variants"]) == {"single", "hierarchical", "hierarchical3", "explicit"}
     for name, row in entry["variants"].items():
         assert _positive(row["step_seconds_median"]) and _positive(row["time_ratio"])
         assert _positive(row["train_flops"]) and _positive(row["achieved_gflops"])
@@ -73,8 +73,11 @@ def test_train_cost_quick(reports):
     assert v["single"]["time_ratio"] == pytest.approx(1.0)
     # more scales, more work (the tiny model's counts are dominated by size-independent ops,
     # so the 1.25x / 5.25x pixel ratios only show on real models)
-    assert v["single"]["train_flops"] < v["hierarchical"]["train_flops"] < v["explicit"]["train_flops"]
+    assert v["single"]["train_flops"] < v["hierarchical"]["train_flops"] < v["hierarchical3"]["train_flops"]
+    # three-scale HMSA runs the attention head at 0.5 and 1.0 only, explicit at all three scales
+    assert v["hierarchical3"]["train_flops"] < v["explicit"]["train_flops"]
     assert v["hierarchical"]["pixels_ratio"] == 1.25 and v["explicit"]["pixels_ratio"] == 5.25
+    assert v["hierarchical3"]["pixels_ratio"] == 5.25
     assert report["checks"] and all({"name", "value", "target", "ok"} <= set(c) for c in report["checks"])
 
 

@@ -73,6 +73,8 @@ def _defaults():
 
 
 DEFAULTS = _defaults()
+MULTI = {f.name for cls in (ModelConfig, DataConfig, TrainConfig) for f in dataclasses.fields(cls)
+         if f.metadata.get("kind") == "multi"}
 
 
 def _value(text):
@@ -123,6 +125,9 @@ def parse(path):
                 else (name, True)
         else:
             value = _value(value)
+        if name in MULTI:  # repeatable flags (--freeze=trunk --freeze=seg_head) collect their values
+            flags[name] = flags.get(name, ()) + (value,)
+            continue
         assert name not in flags, f"{path.name}:{n}: --{name} given twice"
         flags[name] = value
     lines = [h for h in header if h.startswith("# Reference recipe:")]

@@ -3,6 +3,8 @@
     hmsa-train --flagfile=flags/quickstart.cfg [--flag=value ...]
     hmsa-train --recipe=quickstart --model_dir=runs/qs     (a recipe shipped with the package)
 
+    hmsa-train --flagfile=flags/staged_camvid_2_attention.cfg --init_from=runs/stage1   (warm start)
+
 Every flag is a field of ModelConfig / DataConfig / TrainConfig (hmsa_keras/config.py), with
 its help, default and bounds defined there; ``hmsa-train --help`` lists them all. Exit status:
 0 done, 1 bad flags, 2 data error, 3 training diverged (NaN).
@@ -41,6 +43,13 @@ def configs_from_flags(tool: Tool = TOOL):
     if model_cfg.fusion == "hierarchical" and 1.0 not in model_cfg.train_scales:
         raise usage("train_scales", f"must include 1.0 for hierarchical fusion, got "
                     f"{','.join(f'{s:g}' for s in model_cfg.train_scales)}")
+    if train_cfg.init_from is not None:
+        from hmsa_keras.training.warm_start import WarmStartError, resolve_source
+
+        try:
+            resolve_source(train_cfg.init_from)
+        except WarmStartError as e:
+            raise usage("init_from", str(e)) from None
     return model_cfg, data_cfg, train_cfg
 
 
@@ -73,6 +82,7 @@ def main(argv):
     from hmsa_keras.data import DataError
     from hmsa_keras.training.run_config import ConfigError
     from hmsa_keras.training.trainer import TrainingDiverged, train
+    from hmsa_keras.training.warm_start import WarmStartError
 
     if is_chief(strategy):
         write_flagfile(TOOL, train_cfg.model_dir)
@@ -80,6 +90,8 @@ def main(argv):
         result = train(model_cfg, data_cfg, train_cfg, strategy)
     except ConfigError as e:  # its message names the flag
         raise app.UsageError(str(e)) from None
+    except WarmStartError as e:  # unreadable file, or nothing matches: names the path
+        raise usage("init_from", str(e)) from None
     except TrainingDiverged as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 3
