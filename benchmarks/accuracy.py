@@ -294,7 +294,7 @@ def main(argv=None):
             fusion = dict(fusion="single", train_scales=(1.0,)) if method == "single" else \
                 dict(fusion="hierarchical", train_scales=(0.5, 1.0))
             model_cfg = ModelConfig(num_classes=info.num_classes, **model_kw, **fusion)
-            train_cfg = TrainConfig(model_dir=os.path.join(args.work_dir, f"{name}_{method}"), seed=0, **train_kw)
+            train_cfg = TrainConfig(model_dir=os.path.join(args.work_dir, f"{name}_{method}"), **train_kw)
             print(f"== {name}/{method}: training {train_kw['steps_per_epoch']} steps", flush=True)
             tic = time.perf_counter()
             result = train(model_cfg, data_cfg, train_cfg)

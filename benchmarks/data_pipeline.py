@@ -15,6 +15,7 @@ warm-up steps. The ratio pipeline / training must be >= 2 for the input never to
 training.
 """
 
+import dataclasses
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,9 @@ FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
 
 def recipe_configs(name, *extra):
     """(ModelConfig, DataConfig, TrainConfig) exactly as ``hmsa-train --flagfile=flags/NAME.cfg``."""
-    from absl import flags
-
     from hmsa_keras.cli import train as train_cli
 
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["bench", f"--flagfile={FLAGS_DIR / (name + '.cfg')}", *extra])
-    return train_cli.configs_from_flags()
+    return train_cli.configs_from_argv([f"--flagfile={FLAGS_DIR / (name + '.cfg')}", *extra])
 
 
 def training_rate(model_cfg, data_cfg, batch_size, steps):
@@ -104,7 +101,7 @@ def main(argv=None):
     else:
         print(f"camvid: skipped ({args.camvid_dir} not found)")
     for name, (model_cfg, data_cfg, train_cfg) in recipes:
-        data_cfg.cache_dir = tempfile.mkdtemp(prefix="hmsa_bench_")
+        data_cfg = dataclasses.replace(data_cfg, cache_dir=tempfile.mkdtemp(prefix="hmsa_bench_"))
         batch = train_cfg.batch_size
         median, rates, cpu_ms = measure(data_cfg, batch, batches, repeats)
         consumed = training_rate(model_cfg, data_cfg, batch, 2 if args.quick else 3)

@@ -13,7 +13,17 @@ Public API::
 
 __version__ = "0.1.0"
 
-from hmsa_keras.api import build_model, load_model, segment_image  # noqa: E402
-from hmsa_keras.models import HMSA  # noqa: E402
+from hmsa_keras.api import build_model, load_model  # noqa: E402
+from hmsa_keras.inference import segment_image  # noqa: E402
 
 __all__ = ["HMSA", "build_model", "load_model", "segment_image", "__version__"]
+
+
+def __getattr__(name):
+    # The model classes import Keras (and with it the backend): only when asked for, so that
+    # the command-line tools can parse flags and print --help without loading TensorFlow.
+    if name == "HMSA":
+        from hmsa_keras.models import HMSA
+
+        return HMSA
+    raise AttributeError(f"module 'hmsa_keras' has no attribute {name!r}")

@@ -1,60 +1,104 @@
-"""Tiled (sliding-window) inference for images too large to segment in one go.
+"""One inference entry point: a model and an RGB image in, NumPy results out.
 
-The image is cut into overlapping tiles of ``tile_size``; every tile runs the FULL
-scale chain (``model.segment(tile, scales, flip)``), and the fused logits of the
-tiles are blended with per-pixel weights and normalised by the summed weights:
+:func:`segment_image` is what ``hmsa_keras.segment_image``, ``hmsa-predict``,
+``hmsa-autolabel`` and ``hmsa-eval --tile_size`` use, with or without tiling; the keys of
+its result are the same either way.
 
-- ``gaussian`` (default): a separable bump, highest at the tile centre (sigma =
-  tile / 4 per axis, floored at 1e-3 of the peak so every pixel keeps a weight);
-  smooth seams for real models, whose predictions degrade towards tile borders.
+Tiling (``tile_size``) is for images too large to segment in one go. The image is cut into
+overlapping tiles; every tile runs the FULL scale chain (``model.segment(tile, scales,
+flip)``), and the fused logits (and, with details, every scale's logits and attention) of
+the tiles are blended with per-pixel weights and normalised by the summed weights:
+
+- ``gaussian`` (default): a separable bump, highest at the tile centre (sigma = tile / 4 per
+  axis, floored at 1e-3 of the peak so every pixel keeps a weight); smooth seams for real
+  models, whose predictions degrade towards tile borders.
 - ``uniform``: plain averaging of the overlapping tiles.
-- ``crop``: each tile contributes only its inner region (``overlap // 2`` from
-  every inner tile edge; image borders are kept). For a model whose receptive
-  field radius is at most ``overlap // 2`` (at every scale of the chain) and tile
-  positions aligned with the network's stride (``align``), this reproduces
-  whole-image inference up to float rounding; the tests check exactly that.
+- ``crop``: each tile contributes only its inner region (``overlap // 2`` from every inner
+  tile edge; image borders are kept). For a model whose receptive field radius is at most
+  ``overlap // 2`` (at every scale of the chain) and tile positions aligned with the
+  network's stride (``align``), this reproduces whole-image inference up to float rounding.
 
-When a tile covers the whole image (or ``tile_size`` is None) the result is the
-single whole-image call, bit for bit.
+When one tile covers the whole image (or ``tile_size`` is None) the result is the single
+whole-image call, bit for bit.
 
-Why tiling cannot be exact for the real HMSA network: its ASPP has an image-level
-pooling branch (global context) and its receptive field at 0.5x spans hundreds of
-pixels, so a tile sees different context than the whole image. Expect small
-differences near tile seams and, through the pooled context, everywhere; measure
-agreement with :func:`argmax_agreement` on images where whole-image inference fits.
+Why tiling cannot be exact for the real HMSA network: its ASPP has an image-level pooling
+branch (global context) and its receptive field at 0.5x spans hundreds of pixels, so a tile
+sees different context than the whole image. Expect small differences near tile seams and,
+through the pooled context, everywhere (docs/evaluation.md quotes the measured agreement).
 
-Memory: the blended logits are accumulated for the whole image (``H * W * K * 4``
-bytes, plus the same for attention maps with ``return_details``).
+Memory: the blended logits are accumulated for the whole image (``H * W * K * 4`` bytes,
+plus the same per scale for the details).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import weakref
+from typing import Sequence
 
 import numpy as np
+
+from hmsa_keras import conventions
 
 BLENDS = ("gaussian", "uniform", "crop")
 
 
-def parse_tile_size(text) -> Optional[Tuple[int, int]]:
-    """``"512x1024"`` (H x W), ``"512"`` (square) or a pair -> (h, w); empty/None -> None."""
-    if text is None or text == "" or text == 0:
-        return None
-    if isinstance(text, str):
-        parts = text.lower().replace("*", "x").split("x")
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"bad tile size {text!r}: use HxW, e.g. 512x1024, or one number for squares") from None
-        if len(values) == 1:
-            values = values * 2
-    else:
-        values = [int(v) for v in text]
-    if len(values) != 2 or min(values) < 1:
-        raise ValueError(f"bad tile size {text!r}: use HxW with positive integers, e.g. 512x1024")
-    return tuple(values)
+# ----------------------------------------------------------------------------- input contract
+def check_image(image, name: str = "image") -> np.ndarray:
+    """The input contract of :func:`segment_image`: one RGB image, uint8 ``[H, W, 3]``.
+
+    Returns the image as a NumPy array. Raises ValueError naming ``name`` for another rank,
+    channel count or dtype (float images in [0, 1] or 16-bit arrays are refused: convert them
+    to uint8 RGB first, e.g. ``(x * 255).round().astype(np.uint8)`` or ``(x >> 8).astype(np.uint8)``).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{name}: expected one RGB image of shape [height, width, 3], got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name}: expected dtype uint8 (RGB pixels 0..255), got {image.dtype}; convert it "
+                         "first, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"{name}: empty image of shape {image.shape}")
+    return image
 
 
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[..., 3]`` -> float32 ``(pixel / 255 - MEAN) / STD`` (NumPy; the networks' input)."""
+    mean = np.asarray(conventions.MEAN, np.float32)
+    std = np.asarray(conventions.STD, np.float32)
+    return (np.asarray(image, np.float32) / 255.0 - mean) / std
+
+
+# ----------------------------------------------------------------------------- compiled calls
+_COMPILED = weakref.WeakKeyDictionary()  # model -> {(scales, flip, details): callable}
+
+
+def compiled_segment(model, scales, flip=False, return_details=False):
+    """``model.segment`` for any image size, compiled once per argument set and model
+    (TensorFlow: a ``tf.function``; eager multi-scale inference is ~100x slower). Takes a
+    normalised float32 batch ``[B, H, W, 3]``; returns ``model.segment``'s dict."""
+    import keras
+
+    key = (conventions.parse_scales(scales), bool(flip), bool(return_details))
+    per_model = _COMPILED.setdefault(model, {})
+    if key not in per_model:
+        def call(images):
+            return model.segment(images, key[0], key[1], return_details=key[2])
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            call = tf.function(call, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        per_model[key] = call
+    return per_model[key]
+
+
+def _numpy(x):
+    import keras
+
+    return keras.ops.convert_to_numpy(x)
+
+
+# ----------------------------------------------------------------------------- tiling
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1):
     """Start offsets of tiles along one axis: every ``tile - overlap`` pixels (rounded
     down to a multiple of ``align``), the last tile flush with the end. ``tile >= length``
@@ -91,74 +135,97 @@ def window_1d(tile: int, start: int, length: int, overlap: int, blend: str) -> n
     raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
 
 
-def _as_batch(image):
-    import tensorflow as tf
+def _run(model, batch, scales, flip, details):
+    """One compiled call on a normalised batch -> NumPy (logits, {scale: logits}, {scale: attention})."""
+    out = compiled_segment(model, scales, flip, details)(batch)
+    logits = _numpy(out["logits"])
+    if not details:
+        return logits, {}, {}
+    return (logits, {s: _numpy(v) for s, v in out["scale_logits"].items()},
+            {s: _numpy(a)[..., 0] for s, a in out["attention"].items()})
 
-    image = tf.convert_to_tensor(image, tf.float32)
-    if image.shape.rank == 3:
-        image = image[None]
-    if image.shape.rank != 4 or image.shape[0] != 1 or image.shape[-1] != 3:
-        raise ValueError(f"tiled inference takes one normalised image [H, W, 3] or [1, H, W, 3], got {image.shape}")
-    return image
 
-
-def segment_tiled(model, image, tile_size=None, overlap: int = 64, scales: Sequence[float] = (1.0,),
-                  flip: bool = False, blend: str = "gaussian", align: int = 1, tile_batch: int = 1,
-                  return_details: bool = False) -> dict:
-    """Sliding-window inference on ONE normalised image (``[H, W, 3]`` or ``[1, H, W, 3]``).
-
-    ``tile_size``: (h, w) (larger than the image along an axis -> one tile along it);
-    ``overlap``: pixels shared by neighbouring tiles; ``align``: tile offsets are
-    multiples of it where possible (use the network stride / smallest scale for the
-    most consistent tiles); ``tile_batch``: tiles per model call.
-
-    Returns numpy ``logits`` [H, W, K] (float32), ``classes`` [H, W] int32, ``num_tiles``
-    and, with ``return_details``, ``attention`` {scale: [H, W]} blended like the logits.
-    """
-    import tensorflow as tf
-
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
-    image = _as_batch(image)
-    h, w = int(image.shape[1]), int(image.shape[2])
-    th, tw = (h, w) if tile_size is None else parse_tile_size(tile_size)
-    th, tw = min(th, h), min(tw, w)
-
-    def run(batch):
-        out = model.segment(batch, scales=scales, flip=flip, return_details=return_details)
-        att = {s: a.numpy()[..., 0] for s, a in out["attention"].items()} if return_details else None
-        return out["logits"].numpy(), att
-
+def _segment_tiled(model, x, tile, overlap, scales, flip, blend, align, tile_batch, details):
+    """Blended (logits, scale_logits, attention, num_tiles) of one normalised image ``x`` [H, W, 3]."""
+    h, w = x.shape[:2]
+    th, tw = min(tile[0], h), min(tile[1], w)
     if th == h and tw == w:  # one tile: the whole-image call itself
-        logits, att = run(image)
-        result = {"logits": logits[0], "classes": np.argmax(logits[0], -1).astype(np.int32), "num_tiles": 1}
-        if return_details:
-            result["attention"] = {s: a[0] for s, a in att.items()}
-        return result
-
-    ys, xs = tile_starts(h, th, overlap, align), tile_starts(w, tw, overlap, align)
-    positions = [(y, x) for y in ys for x in xs]
-    logits_acc = weight_acc = att_acc = None
-    for i in range(0, len(positions), max(int(tile_batch), 1)):
-        group = positions[i:i + max(int(tile_batch), 1)]
-        batch = tf.concat([image[:, y:y + th, x:x + tw] for y, x in group], axis=0)
-        logits, att = run(batch)
-        if logits_acc is None:
-            logits_acc = np.zeros((h, w, logits.shape[-1]), np.float32)
-            weight_acc = np.zeros((h, w, 1), np.float32)
-            att_acc = {s: np.zeros((h, w), np.float32) for s in (att or {})}
-        for j, (y, x) in enumerate(group):
-            wgt = np.outer(window_1d(th, y, h, overlap, blend), window_1d(tw, x, w, overlap, blend))[..., None]
-            logits_acc[y:y + th, x:x + tw] += logits[j] * wgt
-            weight_acc[y:y + th, x:x + tw] += wgt
-            for s in att_acc:
-                att_acc[s][y:y + th, x:x + tw] += att[s][j] * wgt[..., 0]
-    if not (weight_acc > 0).all():  # cannot happen with the windows above; guard anyway
+        logits, scale_logits, attention = _run(model, x[None], scales, flip, details)
+        return logits[0], {s: v[0] for s, v in scale_logits.items()}, {s: a[0] for s, a in attention.items()}, 1
+    positions = [(y, x0) for y in tile_starts(h, th, overlap, align) for x0 in tile_starts(w, tw, overlap, align)]
+    acc = weight = None
+    step = max(int(tile_batch), 1)
+    for i in range(0, len(positions), step):
+        group = positions[i:i + step]
+        batch = np.stack([x[y:y + th, x0:x0 + tw] for y, x0 in group])
+        logits, scale_logits, attention = _run(model, batch, scales, flip, details)
+        parts = {"logits": logits, **{("scale", s): v for s, v in scale_logits.items()},
+                 **{("attention", s): a[..., None] for s, a in attention.items()}}
+        if acc is None:
+            acc = {k: np.zeros((h, w, v.shape[-1]), np.float32) for k, v in parts.items()}
+            weight = np.zeros((h, w, 1), np.float32)
+        for j, (y, x0) in enumerate(group):
+            wgt = np.outer(window_1d(th, y, h, overlap, blend), window_1d(tw, x0, w, overlap, blend))[..., None]
+            weight[y:y + th, x0:x0 + tw] += wgt
+            for k, v in parts.items():
+                acc[k][y:y + th, x0:x0 + tw] += v[j] * wgt
+    if not (weight > 0).all():  # cannot happen with the windows above; guard anyway
         raise RuntimeError("tiling left pixels without any weight")
-    logits = logits_acc / weight_acc
-    result = {"logits": logits, "classes": np.argmax(logits, -1).astype(np.int32), "num_tiles": len(positions)}
+    out = {k: v / weight for k, v in acc.items()}
+    scale_logits = {k[1]: v for k, v in out.items() if k[0] == "scale"}
+    attention = {k[1]: v[..., 0] for k, v in out.items() if k[0] == "attention"}
+    return out["logits"], scale_logits, attention, len(positions)
+
+
+# ----------------------------------------------------------------------------- the entry point
+def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip: bool = False,
+                  return_details: bool = False, tile_size=None, tile_overlap: int = 128,
+                  tile_blend: str = "gaussian", tile_align: int = 1, tile_batch: int = 1) -> dict:
+    """Segments one RGB image with any chain of scales, optionally tile by tile.
+
+    Args:
+      model: an :class:`hmsa_keras.HMSA` (anything with its ``segment`` method).
+      image: uint8 ``[H, W, 3]`` RGB (see :func:`check_image`).
+      scales: the inference chain, e.g. ``(0.5, 1.0, 2.0)`` (any positive, distinct scales;
+        hierarchical fusion as in arXiv 2005.10821, reference
+        ``network/mscale.py: nscale_forward``).
+      flip: average with the fused logits of the mirrored image (flip-TTA).
+      return_details: also return every scale's logits and attention.
+      tile_size: ``None`` (whole image), ``(h, w)`` or ``"HxW"``: tiled inference.
+      tile_overlap: pixels shared by neighbouring tiles; tile_blend: ``gaussian`` |
+        ``uniform`` | ``crop`` (module docstring); tile_align: tile offsets are multiples of
+        it where possible; tile_batch: tiles per model call.
+    Returns:
+      NumPy arrays at the image's size: ``classes`` ``[H, W]`` int32, ``logits`` and
+      ``probabilities`` (softmax) ``[H, W, K]`` float32, ``num_tiles``; with
+      ``return_details`` also ``scale_logits`` ``{scale: [H, W, K]}`` and ``attention``
+      ``{scale: [H, W]}`` (sigmoid, in [0, 1]).
+    Raises:
+      ValueError: a bad image (:func:`check_image`), chain, tile size, overlap or blend, or an
+        image too small for the chain (:func:`hmsa_keras.conventions.min_size_problem`).
+    """
+    image = check_image(image)
+    scales = conventions.parse_scales(scales, "scales")
+    conventions.check_min_size(image.shape[0], image.shape[1], scales)
+    if tile_blend not in BLENDS:
+        raise ValueError(f"tile_blend must be one of {BLENDS}, got {tile_blend!r}")
+    tile = conventions.parse_hw(tile_size, "tile_size") or image.shape[:2]
+    cut = [t for t, side in zip(tile, image.shape[:2]) if t < side]  # axes that are really tiled
+    if cut and not 0 <= tile_overlap < min(cut):
+        raise ValueError(f"tile_overlap must be in [0, {min(cut)}) for tiles of {tile[0]}x{tile[1]} on an "
+                         f"image of {image.shape[0]}x{image.shape[1]}, got {tile_overlap}")
+    if tile_size is not None:
+        conventions.check_min_size(min(tile[0], image.shape[0]), min(tile[1], image.shape[1]), scales,
+                                   name=f"tile of {tile[0]}x{tile[1]}")
+    logits, scale_logits, attention, num_tiles = _segment_tiled(
+        model, normalize(image), tile, int(tile_overlap), scales, bool(flip), tile_blend, tile_align,
+        tile_batch, bool(return_details))
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    result = {"classes": logits.argmax(-1).astype(np.int32), "logits": logits,
+              "probabilities": (shifted / shifted.sum(-1, keepdims=True)).astype(np.float32),
+              "num_tiles": num_tiles}
     if return_details:
-        result["attention"] = {s: a / weight_acc[..., 0] for s, a in att_acc.items()}
+        result["scale_logits"], result["attention"] = scale_logits, attention
     return result
 
 
@@ -173,4 +240,5 @@ def argmax_agreement(a, b, ignore=None) -> float:
     return float((a[mask] == b[mask]).mean())
 
 
-__all__ = ["BLENDS", "argmax_agreement", "parse_tile_size", "segment_tiled", "tile_starts", "window_1d"]
+__all__ = ["BLENDS", "argmax_agreement", "check_image", "compiled_segment", "normalize", "segment_image",
+           "tile_starts", "window_1d"]

@@ -34,7 +34,9 @@ __all__ = [
     "iou_from_matrix",
     "compute_metrics",
     "format_table",
+    "format_sweep",
     "write_metrics",
+    "write_results",
 ]
 
 # The JAX-without-float64 metric keeps each count as high * 2**_SPLIT + low in two int32
@@ -351,3 +353,64 @@ def write_metrics(metrics: dict, json_path=None, csv_path=None):
             for key in ("miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou"):
                 if key in metrics:
                     w.writerow(["summary", key, cell(metrics[key])] + [""] * (len(fields) - 3))
+
+
+# ----------------------------------------------------------------------------------------
+# Reports of several scale chains (hmsa-eval)
+# ----------------------------------------------------------------------------------------
+
+def format_sweep(results) -> str:
+    """Per-class IoU and the summary metrics of several chains side by side (percent).
+
+    ``results``: :class:`hmsa_keras.evaluation.ChainResult` objects (``name``, ``metrics``,
+    ``seconds``, ``num_images``)."""
+    names = [r.name for r in results]
+    width = max(10, max(len(n) for n in names) + 2)
+    classes = [p["name"] for p in results[0].metrics["per_class"]]
+    name_w = max([len("class")] + [len(c) for c in classes] + [len("mean class accuracy")])
+
+    def cell(x):
+        return f"{'-':>{width}}" if x is None or (isinstance(x, float) and math.isnan(x)) \
+            else f"{100 * x:>{width}.2f}"
+
+    header = f"{'class':<{name_w}}" + "".join(f"{n:>{width}}" for n in names)
+    lines = [header, "-" * len(header)]
+    for i, c in enumerate(classes):
+        lines.append(f"{c:<{name_w}}" + "".join(cell(r.metrics["per_class"][i]["iou"]) for r in results))
+    lines.append("-" * len(header))
+    for key, label in (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"),
+                       ("mean_class_accuracy", "mean class accuracy"), ("fw_iou", "fw IoU")):
+        lines.append(f"{label:<{name_w}}" + "".join(cell(r.metrics[key]) for r in results))
+    lines.append(f"{'s/image':<{name_w}}" + "".join(f"{r.seconds / r.num_images:>{width}.3f}" for r in results)
+                 + "   (one shared pass: same time for every chain)" * (len(results) > 1))
+    return "\n".join(lines)
+
+
+def write_results(results, output_dir: str) -> list:
+    """Writes ``metrics_<tag>.json`` (with the confusion matrix) and ``metrics_<tag>.csv``
+    per chain and, for several chains, ``sweep.json`` / ``sweep.csv``. Returns the paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for r in results:
+        payload = dict(r.metrics, confusion_matrix=r.confusion_matrix.tolist())
+        js, cs = (os.path.join(output_dir, f"metrics_{r.tag}.{ext}") for ext in ("json", "csv"))
+        write_metrics(payload, js, cs)
+        paths += [js, cs]
+    if len(results) > 1:
+        keys = ("miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou", "seconds_per_image")
+        summary = [{"chain": r.name, "scales": list(r.scales), "flip": r.flip,
+                    **{k: r.metrics[k] for k in keys}} for r in results]
+        js = os.path.join(output_dir, "sweep.json")
+        with open(js, "w") as f:
+            json.dump(_json_safe(summary), f, indent=2)
+        csv_path = os.path.join(output_dir, "sweep.csv")
+        with open(csv_path, "w") as f:
+            f.write("chain," + ",".join(keys) + "\n")
+            for row in summary:
+                f.write(f"\"{row['chain']}\"," + ",".join(_csv(row[k]) for k in keys) + "\n")
+        paths += [js, csv_path]
+    return paths
+
+
+def _csv(x):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))

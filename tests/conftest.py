@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
 
-TINY = dict(alpha=0.35, aspp_channels=16, decoder_channels=16, attention_channels=16, low_level_channels=8)
+from tests.helpers.common import TINY  # noqa: E402  (the one tiny-model definition)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses / training / export / benchmarks
+
 from tests.conftest import REPO
 
 TIMEOUT = 1500  # per benchmark; ~1-2 min each on an idle 2-core machine, far more on a loaded one

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from hmsa_keras.config import DataConfig
@@ -129,3 +130,68 @@ def test_eval_resize_long_edge():
     assert set(np.unique(y.numpy())) <= set(np.unique(label))
     x, y = aug.resize_long_edge(tf.constant(image), tf.constant(label), 100)
     assert y.shape == (64, 80)
+
+
+# ------------------------------------------------------------ reference recipe features (issue 19)
+def _scale_crop(image, label, crop, scale, pre_size=None, seed=(0, 9)):
+    x, y, valid = aug.scale_crop(tf.constant(image), tf.constant(label),
+                                 tf.constant(seed, tf.int64), crop, (scale, scale),
+                                 pre_size=pre_size)
+    return x.numpy(), y.numpy(), valid.numpy()
+
+
+def test_pre_size_brings_the_long_edge_there_before_the_random_scale():
+    image, label = blocky_pair(7)  # 64 x 80: long edge 80
+    # pre_size 160 at scale 1 is scale 2 without it: same pixels, same crop window
+    for a, b in zip(_scale_crop(image, label, (48, 56), 1.0, pre_size=160),
+                    _scale_crop(image, label, (48, 56), 2.0)):
+        np.testing.assert_array_equal(a, b)
+    # pre_size 40 then scale 0.5: a 16 x 20 image inside a 48 x 56 crop, the rest padding
+    _, y, valid = _scale_crop(image, label, (48, 56), 0.5, pre_size=40)
+    assert valid.sum() == 16 * 20 and (y[~valid] == 255).all() and (y[valid] != 255).all()
+
+
+def test_pre_size_reaches_the_training_stream():
+    config = DataConfig(synthetic_train_size=4, synthetic_image_size=(96, 128), crop_size=(64, 64),
+                        scale_min=1.0, scale_max=1.0, color_jitter=0.0)
+    _, plain = next(iter(build_dataset(config, "train", training=True, batch_size=2)))
+    config.pre_size = 32  # DataConfig.pre_size (the config field is added with the flag schema)
+    _, small = next(iter(build_dataset(config, "train", training=True, batch_size=2)))
+    assert (plain.numpy() == 255).sum() == 0
+    assert ((small.numpy() != 255).sum(axis=(1, 2)) == 24 * 32).all()  # 96x128 -> 24x32
+
+
+def test_eval_upscale_resizes_to_exactly_the_long_edge():
+    image, label = blocky_pair(5)
+    x, y = aug.resize_long_edge(tf.constant(image), tf.constant(label), 100, upscale=True)
+    assert x.shape == (80, 100, 3) and y.shape == (80, 100)
+    assert set(np.unique(y.numpy())) <= set(np.unique(label))
+    x, y = aug.resize_long_edge(tf.constant(image), tf.constant(label), 40, upscale=True)
+    assert y.shape == (32, 40)
+    config = DataConfig(dataset="synthetic", synthetic_val_size=2, synthetic_image_size=(48, 64),
+                        eval_long_edge=96)
+    config.eval_upscale = True  # DataConfig.eval_upscale (added with the flag schema)
+    images, labels = next(iter(build_dataset(config, "val", training=False, batch_size=1)))
+    assert images.shape[1:3] == (72, 96) and labels.shape[1:3] == (72, 96)
+
+
+def _numpy_gaussian_blur(image, sigma):
+    """The reference's skimage.filters.gaussian: kernel truncated at int(4 sigma + 0.5)."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * (taps / sigma) ** 2)
+    k /= k.sum()
+    h, w, _ = image.shape
+    rows = sum(k[i] * image[radius + t: h - radius + t] for i, t in enumerate(taps))
+    return sum(k[i] * rows[:, radius + t: w - radius + t] for i, t in enumerate(taps)), radius
+
+
+def test_gaussian_blur_matches_the_reference_filter_inside_the_image():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (40, 48, 3)).astype(np.float32)
+    lo, hi = aug.BLUR_SIGMA
+    assert (lo, hi) == pytest.approx((0.15, 0.15 + 1.15))  # reference: 0.15 + random() * 1.15
+    for sigma in (0.3, 0.8, hi):
+        want, r = _numpy_gaussian_blur(image.astype(np.float64), sigma)
+        got = aug.gaussian_blur(tf.constant(image), tf.constant(sigma, tf.float32)).numpy()
+        np.testing.assert_allclose(got[r:-r, r:-r], want, atol=0.01, err_msg=f"sigma {sigma}")

@@ -1,5 +1,6 @@
 """Bad input gives one clear DataError naming the file; `hmsa-data check` lists every problem."""
 
+import dataclasses
 import io
 import json
 import os
@@ -70,7 +71,7 @@ def test_truncated_png_fails_in_graph_naming_the_file(tmp_path):
     ds = build(config)  # header check passes
     with pytest.raises(tf.errors.OpError, match=r"images/f1\.png: image file is corrupt"):
         list(ds)
-    config.validate = "full"
+    config = dataclasses.replace(config, validate="full")
     expect_error(config, "images/f1.png", "corrupt")
 
 
@@ -85,7 +86,7 @@ def test_label_ids_outside_table(tmp_path):
     Image.fromarray(np.full((8, 8), 7, np.uint8)).save(tmp_path / "train/labels/f1.png")
     with pytest.raises(tf.errors.OpError, match=r"labels/f1\.png: label ids \[7\] are outside the class table"):
         list(build(config))  # default validation reads headers only: caught while loading
-    config.validate = "full"
+    config = dataclasses.replace(config, validate="full")
     expect_error(config, "labels/f1.png", "[7] are outside the class table")
 
 
@@ -124,6 +125,7 @@ def test_check_reports_every_problem(tmp_path):
     assert "no problems found" in good.getvalue() and "33.333%" in good.getvalue()
 
 
+@pytest.mark.slow
 def test_check_command_line_exit_status(tmp_path):
     broken_dataset(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

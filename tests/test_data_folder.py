@@ -1,5 +1,6 @@
 """Folder datasets (and pseudo-label sets) round-trip exactly."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -60,5 +61,5 @@ def test_pseudo_labels_are_mixed_into_training(tmp_path):
     assert sum(int((l == 3).any()) for l in labels) == 2
     assert sum(int((l == 255).sum() == 64) for l in labels) == 1
     # Without the flag, only the labelled set.
-    config.pseudo_label_dir = None
+    config = dataclasses.replace(config, pseudo_label_dir=None)
     assert len(list(build_dataset(config, "train", training=True, batch_size=1, repeat=False))) == 3

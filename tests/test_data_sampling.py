@@ -1,5 +1,6 @@
 """Class-uniform sampling: centroids, the JSON cache, and crops centred on rare classes."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -50,11 +51,11 @@ def test_class_uniform_crops_find_rare_class(tmp_path, monkeypatch):
     assert cached["num_images"] == 10 and np.diff(cached["offsets"]).tolist()[1] == 2
     # Half the crops centre on the rare class (classes are drawn uniformly).
     assert 0.3 < uniform < 0.7, uniform
-    config.class_uniform_fraction = 0.0
+    config = dataclasses.replace(config, class_uniform_fraction=0.0)
     assert _share_with_rare(config) < 0.15
     # The cache is reused, not recomputed.
     monkeypatch.setattr(sampling, "compute_centroids", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
-    config.class_uniform_fraction = 0.5
+    config = dataclasses.replace(config, class_uniform_fraction=0.5)
     build_dataset(config, "train", training=True, batch_size=4)
 
 
@@ -62,5 +63,5 @@ def test_cache_directory_never_writes_into_the_data(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     config = DataConfig(dataset="folder", data_dir=str(tmp_path / "data"))
     assert sampling.cache_directory(config) == str(tmp_path / "home" / ".cache" / "hmsa_keras")
-    config.cache_dir = str(tmp_path / "mine")
+    config = dataclasses.replace(config, cache_dir=str(tmp_path / "mine"))
     assert sampling.cache_directory(config) == config.cache_dir and (tmp_path / "mine").is_dir()

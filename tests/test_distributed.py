@@ -20,6 +20,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses / training / export / benchmarks
+
 from tests.conftest import REPO
 
 HELPERS = REPO / "tests" / "helpers"

@@ -15,17 +15,19 @@ import textwrap
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses / training / export / benchmarks
+
 tf = pytest.importorskip("tensorflow")
 
 import hmsa_keras  # noqa: E402
+from tests.helpers.common import TINY as TINY_MODEL  # noqa: E402
 from hmsa_keras.data.normalization import normalize  # noqa: E402
 from hmsa_keras.export import saved_model as S  # noqa: E402
 from hmsa_keras.export import tflite  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = (0.5, 1.0)
-TINY = dict(num_classes=4, alpha=0.35, aspp_channels=16, decoder_channels=16, attention_channels=16,
-            low_level_channels=8)
+TINY = dict(num_classes=4, **TINY_MODEL)
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 ENV.update(TF_CPP_MIN_LOG_LEVEL="2")
 

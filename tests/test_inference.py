@@ -1,4 +1,5 @@
-"""Tiled inference (hmsa_keras.inference) against whole-image inference.
+"""The inference entry point (hmsa_keras.inference.segment_image), tiled and not, against
+whole-image inference.
 
 Exact agreement is only possible for a network whose receptive field fits inside the
 tile overlap: the real HMSA trunk has global image pooling (ASPP) and a receptive field
@@ -30,26 +31,38 @@ def test_tile_starts_cover_and_align():
             assert (cover > 0).all(), (length, tile, overlap, blend)
     with pytest.raises(ValueError, match="overlap"):
         tile_starts(100, 32, 32)
-    from hmsa_keras.inference import parse_tile_size
 
-    assert parse_tile_size("512x1024") == (512, 1024) and parse_tile_size("256") == (256, 256)
-    with pytest.raises(ValueError, match="HxW"):
-        parse_tile_size("12xa")
+
+
+def _image(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3)).astype(np.uint8)
+
+
+def _whole(model, image, scales, flip=False):
+    """model.segment on the normalised image, the independent reference."""
+    from hmsa_keras.inference import normalize
+
+    return model.segment(normalize(image)[None], scales=scales, flip=flip, return_details=True)
 
 
 def test_single_tile_is_the_whole_image_call(tiny_model):
-    import tensorflow as tf
+    from hmsa_keras.inference import segment_image
 
-    from hmsa_keras.inference import segment_tiled
-
-    image = tf.random.stateless_normal([1, 64, 96, 3], seed=[1, 2])
-    whole = tiny_model.segment(image, scales=(0.5, 1.0), flip=False, return_details=True)
-    tiled = segment_tiled(tiny_model, image, tile_size=(64, 128), overlap=16, scales=(0.5, 1.0),
-                          return_details=True)
-    assert tiled["num_tiles"] == 1
-    np.testing.assert_array_equal(tiled["logits"], whole["logits"][0].numpy())
-    np.testing.assert_array_equal(tiled["classes"], whole["classes"][0].numpy())
-    np.testing.assert_array_equal(tiled["attention"][0.5], whole["attention"][0.5][0, ..., 0].numpy())
+    image = _image(64, 96, 1)
+    whole = _whole(tiny_model, image, (0.5, 1.0))
+    untiled = segment_image(tiny_model, image, scales=(0.5, 1.0), return_details=True)
+    tiled = segment_image(tiny_model, image, scales=(0.5, 1.0), return_details=True, tile_size=(64, 128),
+                          tile_overlap=16)
+    assert tiled["num_tiles"] == untiled["num_tiles"] == 1
+    assert sorted(tiled) == sorted(untiled) == ["attention", "classes", "logits", "num_tiles", "probabilities",
+                                                "scale_logits"]
+    for out in (tiled, untiled):
+        np.testing.assert_allclose(out["logits"], whole["logits"][0].numpy(), atol=1e-5)
+        np.testing.assert_array_equal(out["classes"], whole["classes"][0].numpy())
+        np.testing.assert_allclose(out["attention"][0.5], whole["attention"][0.5][0, ..., 0].numpy(), atol=1e-6)
+        np.testing.assert_allclose(out["scale_logits"][1.0], whole["scale_logits"][1.0][0].numpy(), atol=1e-5)
+        e = np.exp(out["logits"] - out["logits"].max(-1, keepdims=True))
+        np.testing.assert_allclose(out["probabilities"], e / e.sum(-1, keepdims=True), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -65,42 +78,41 @@ def local_hmsa():
     inp = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
-    up = keras.layers.UpSampling2D(2, interpolation="bilinear")
-    logits = up(keras.layers.Conv2D(K, 1)(x))
-    attention = keras.layers.UpSampling2D(2, interpolation="bilinear")(keras.layers.Conv2D(1, 1)(x))
+    # back to the input size with a stride-2 transposed convolution (even sizes only; Keras'
+    # bilinear UpSampling2D cannot run in a tf.function with dynamic sizes)
+    logits = keras.layers.Conv2DTranspose(K, 2, strides=2)(x)
+    attention = keras.layers.Conv2DTranspose(1, 2, strides=2)(x)
     model.network = keras.Model(inp, {"logits": logits, "attention_logits": attention})
     return model
 
 
 @pytest.mark.parametrize("scales, flip", [((0.5, 1.0), True), ((0.5, 1.0, 2.0), False)])
 def test_tiled_equals_whole_image_for_a_local_network(local_hmsa, scales, flip):
-    import tensorflow as tf
+    from hmsa_keras.inference import argmax_agreement, segment_image
 
-    from hmsa_keras.inference import argmax_agreement, segment_tiled
-
-    image = tf.random.stateless_normal([1, 96, 128, 3], seed=[4, 5])
-    whole = local_hmsa.segment(image, scales=scales, flip=flip, return_details=True)
-    tiled = segment_tiled(local_hmsa, image, tile_size=(64, 64), overlap=48, scales=scales, flip=flip,
-                          blend="crop", align=4, tile_batch=4, return_details=True)
+    image = _image(96, 128, 4)
+    whole = _whole(local_hmsa, image, scales, flip)
+    tiled = segment_image(local_hmsa, image, scales, flip, return_details=True, tile_size=(64, 64),
+                          tile_overlap=48, tile_blend="crop", tile_align=4, tile_batch=4)
     assert tiled["num_tiles"] == 3 * 5
     np.testing.assert_allclose(tiled["logits"], whole["logits"][0].numpy(), atol=1e-4, rtol=1e-4)
     assert argmax_agreement(tiled["classes"], whole["classes"][0].numpy()) >= 0.999
     np.testing.assert_allclose(tiled["attention"][0.5], whole["attention"][0.5][0, ..., 0].numpy(), atol=1e-4)
+    for s in scales:
+        np.testing.assert_allclose(tiled["scale_logits"][s], whole["scale_logits"][s][0].numpy(), atol=1e-4)
     # Smooth blends mix in tile borders (zero padding): close, not exact.
     for blend in ("gaussian", "uniform"):
-        other = segment_tiled(local_hmsa, image, tile_size=(64, 64), overlap=48, scales=scales, flip=flip,
-                              blend=blend, align=4, tile_batch=4)
+        other = segment_image(local_hmsa, image, scales, flip, tile_size=(64, 64), tile_overlap=48,
+                              tile_blend=blend, tile_align=4, tile_batch=4)
         assert argmax_agreement(other["classes"], whole["classes"][0].numpy()) >= 0.95
 
 
 def test_tiled_real_network_is_sane(tiny_model):
-    import tensorflow as tf
+    from hmsa_keras.inference import argmax_agreement, segment_image
 
-    from hmsa_keras.inference import argmax_agreement, segment_tiled
-
-    image = tf.random.stateless_normal([1, 64, 128, 3], seed=[6, 7])
-    whole = tiny_model.segment(image, scales=(1.0,))["classes"][0].numpy()
-    tiled = segment_tiled(tiny_model, image, tile_size=(64, 64), overlap=32, scales=(1.0,), tile_batch=3)
+    image = _image(64, 128, 6)
+    whole = _whole(tiny_model, image, (1.0,))["classes"][0].numpy()
+    tiled = segment_image(tiny_model, image, (1.0,), tile_size=(64, 64), tile_overlap=32, tile_batch=3)
     assert tiled["num_tiles"] == 3
     assert tiled["logits"].shape == (64, 128, K) and np.isfinite(tiled["logits"]).all()
     print("real tiny network, tiled vs whole argmax agreement:", argmax_agreement(tiled["classes"], whole))

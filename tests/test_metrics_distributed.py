@@ -9,6 +9,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a fresh interpreter with 2 logical CPUs
+
 SCRIPT = textwrap.dedent(r"""
     import numpy as np
     import tensorflow as tf

@@ -13,10 +13,9 @@ from tests.eval_helpers import write_folder_dataset, write_run_dir
 K = 4
 
 
-def _run(module, *args):
-    module.FLAGS.unparse_flags()
-    module.FLAGS(["prog", *args])
-    return module.main(["prog"])
+def _run(module, *args, autolabel=False):
+    tool, main = (module.AUTOLABEL_TOOL, module.autolabel_main) if autolabel else (module.TOOL, module.main)
+    return tool.invoke(main, args)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +112,7 @@ def test_autolabel_marks_low_confidence_and_loads_as_folder_dataset(run_dir, tin
     (("--model_dir={run}", "--input={out}/*.png", "--output_dir={out}"), "--input: no images found"),
     (("--model_dir={run}", "--input={images}"), "--output_dir: is required"),
     (("--model_dir={run}", "--input={images}", "--output_dir={out}", "--scales=1,,x"), "--scales: bad scale"),
-    (("--model_dir={run}", "--input={images}", "--output_dir={out}", "--tile_size=64xq"), "--tile_size: bad tile"),
+    (("--model_dir={run}", "--input={images}", "--output_dir={out}", "--tile_size=64xq"), "--tile_size: expected HxW"),
     (("--model_dir={run}", "--input={images}", "--output_dir={out}", "--tile_size=64", "--tile_overlap=64"),
      "--tile_overlap: must be smaller"),
 ])

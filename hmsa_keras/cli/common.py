@@ -1,8 +1,8 @@
-"""Helpers shared by the inference command-line tools (hmsa-eval, hmsa-predict).
+"""What the tools that read a trained model share (hmsa-eval, hmsa-predict, hmsa-export).
 
-Each tool defines its flags on its OWN ``flags.FlagValues`` so that several tools
-can be imported into one process (tests) without duplicate-flag errors; ``run_app``
-adopts them into absl's global ``FLAGS`` only when the tool is the program.
+The run configuration they use is the trained run's ``config.json`` (beside the model), with
+every recipe flag given explicitly (command line or flagfile) applied on top; without a
+``config.json`` the flags (or their defaults) alone.
 """
 
 from __future__ import annotations
@@ -10,82 +10,55 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 
-from absl import app, flags
-
-from hmsa_keras.config import DataConfig
+from hmsa_keras.cli.tool import Tool, usage
+from hmsa_keras.config import DataConfig, TrainConfig
 
 log = logging.getLogger("hmsa_keras")
 
-
-def run_app(main, flag_values: flags.FlagValues):
-    """``app.run(main)`` with ``flag_values`` parsed from the command line."""
-    flags.FLAGS.append_flag_values(flag_values)
-    for name in flag_values:  # list them under --help (absl shows the main module's key flags)
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag_values[name])
-
-    def parse(argv):
-        rest = app.parse_flags_with_usage(argv)
-        flag_values.mark_as_parsed()
-        return rest
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    app.run(main, flags_parser=parse)
+# The recipe fields a model-reading tool takes from a flagfile or its command line.
+MODEL_DIR_FIELDS = ("model_dir", "eval_scales", "eval_flip")
+# The DataConfig fields that decide which evaluation images a split holds.
+EVAL_DATA_FIELDS = ("dataset", "data_dir", "val_split", "eval_long_edge", "synthetic_val_size",
+                    "synthetic_image_size", "seed", "validate", "tfds_manual_dir")
+INFERENCE_ALIASES = {"scales": "eval_scales", "flip": "eval_flip"}
 
 
-def usage(flag, message):
-    """An ``app.UsageError`` naming the flag: absl prints it and exits with status 1."""
-    return app.UsageError(f"--{flag}: {message}")
-
-
-def parse_chain(flag, text):
-    from hmsa_keras.evaluation import parse_scales
-
-    try:
-        return parse_scales(text)
-    except ValueError as exc:
-        raise usage(flag, str(exc)) from None
-
-
-def model_path_checked(flag, path):
+def model_path_checked(path) -> str:
     """The ``.keras`` file a ``--model_dir`` value resolves to, or a UsageError."""
     from hmsa_keras.api import resolve_model_path
 
     if not path:
-        raise usage(flag, "is required: a training directory (best.keras / last.keras) or a .keras file")
+        raise usage("model_dir", "is required: a training directory (best.keras / last.keras) or a .keras file")
     try:
         return resolve_model_path(path)
     except FileNotFoundError as exc:
-        raise usage(flag, str(exc)) from None
-
-
-def run_configs(model_dir):
-    """(ModelConfig, DataConfig, TrainConfig) of a training directory (None where absent)."""
-    from hmsa_keras.config import read_run_config
-
-    if not model_dir:
-        return None, None, None
-    folder = model_dir if os.path.isdir(model_dir) else os.path.dirname(os.path.abspath(model_dir))
-    try:
-        return read_run_config(folder)
-    except ValueError as exc:
         raise usage("model_dir", str(exc)) from None
 
 
-def data_config(base, dataset=None, data_dir=None, eval_long_edge=None):
-    """The run's DataConfig (or the default one) with command-line overrides applied."""
-    cfg = base or DataConfig()
-    changes = {}
-    if dataset:
-        changes["dataset"] = dataset
-        if dataset != cfg.dataset and not data_dir:
-            changes["data_dir"] = None
-    if data_dir:
-        changes["data_dir"] = data_dir
-    if eval_long_edge is not None:
-        changes["eval_long_edge"] = eval_long_edge or None
-    return dataclasses.replace(cfg, **changes)
+def run_folder(model_dir) -> str:
+    """The training directory of a ``--model_dir`` value (the folder of a ``.keras`` file)."""
+    return model_dir if os.path.isdir(model_dir) else os.path.dirname(os.path.abspath(model_dir))
+
+
+def run_configs(tool: Tool, model_dir=None):
+    """``(DataConfig, TrainConfig, found)``: the run's configs (``found``: a config.json was
+    read) with the explicitly given recipe flags applied. Raises UsageError for a bad config.json."""
+    from hmsa_keras.config import read_run_config
+
+    data_base = train_base = None
+    if model_dir:
+        try:
+            _, data_base, train_base = read_run_config(run_folder(model_dir))
+        except ValueError as exc:
+            raise usage("model_dir", str(exc)) from None
+    found = data_base is not None
+    data_cfg = tool.config(DataConfig, base=data_base, explicit_only=data_base is not None) \
+        if DataConfig in tool.recipe_fields else (data_base or DataConfig())
+    if found and tool.given("dataset") and not tool.given("data_dir") and data_cfg.dataset != data_base.dataset:
+        data_cfg = dataclasses.replace(data_cfg, data_dir=None)  # another dataset: not the run's folder
+    train_cfg = tool.config(TrainConfig, base=train_base, explicit_only=train_base is not None)
+    return data_cfg, train_cfg, found
 
 
 def class_table(cfg, num_classes):

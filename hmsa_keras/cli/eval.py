@@ -2,15 +2,17 @@
 
     hmsa-eval --model_dir=runs/qs --scales=0.5,1.0,2.0 --flip
     hmsa-eval --model_dir=runs/qs --sweep="1.0;0.5,1.0;0.5,1.0,2.0"
-    hmsa-eval --saved_model=exported/1 --dataset=camvid --data_dir=data/camvid --split=test
+    hmsa-eval --flagfile=flags/quickstart.cfg                 (the recipe's run, dataset and chain)
+    hmsa-eval --saved_model=exported/saved_model --dataset=camvid --data_dir=data/camvid --split=test
     hmsa-eval --model_dir=runs/cs --dataset=cityscapes --data_dir=$CITYSCAPES \\
               --cityscapes_submission_dir=results/cs_val
+    hmsa-eval --model_dir=runs/big --tile_size=512x1024          (images too large for memory)
     hmsa-eval --model_dir=runs/qs --strategy=mirrored --num_cpu_replicas=2
 
-The dataset defaults to the run's ``config.json`` (DataConfig); ``--dataset``/``--data_dir``
-override it. Writes ``metrics_<chain>.json`` (with the confusion matrix) and ``.csv`` to
-``--output_dir`` (default ``<model_dir>/eval/<split>``), and ``sweep.json``/``.csv`` for
-a sweep. See docs/evaluation.md.
+The dataset and the chain default to the run's ``config.json`` (its DataConfig and
+``eval_scales``/``eval_flip``); flags given override them. Writes ``metrics_<chain>.json``
+(with the confusion matrix) and ``.csv`` to ``--output_dir`` (default
+``<model_dir>/eval/<split>``), and ``sweep.json``/``.csv`` for a sweep. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -18,156 +20,146 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 
-from absl import app, flags
+from absl import app
 
 from hmsa_keras.cli import common
+from hmsa_keras.cli.tool import Tool, usage
+from hmsa_keras.config import DataConfig, EvalConfig, TrainConfig
 
-FLAGS = flags.FlagValues()
 log = logging.getLogger("hmsa_keras")
 
-flags.DEFINE_string("model_dir", None, "Training directory (best.keras, else last.keras, + config.json) "
-                    "or a .keras file.", flag_values=FLAGS)
-flags.DEFINE_string("saved_model", None, "Evaluate this exported SavedModel (serving_default: uint8 images "
-                    "-> classes) instead; its scale chain is fixed at export.", flag_values=FLAGS)
-flags.DEFINE_string("scales", None, "Inference scale chain, e.g. 0.5,1.0,2.0 (default: the run's "
-                    "eval_scales, else 0.5,1.0,2.0).", flag_values=FLAGS)
-flags.DEFINE_boolean("flip", False, "Average with the horizontally mirrored image.", flag_values=FLAGS)
-flags.DEFINE_string("sweep", None, "Several chains separated by ';' (e.g. \"1.0;0.5,1.0;0.5,1.0,2.0\"), "
-                    "evaluated in one pass and printed side by side. Replaces --scales.", flag_values=FLAGS)
-flags.DEFINE_string("split", None, "Split to evaluate (default: the run's val_split).", flag_values=FLAGS)
-flags.DEFINE_string("dataset", None, "Override the run's dataset (synthetic, camvid, cityscapes, "
-                    "cityscapes_tfds, mapillary, folder).", flag_values=FLAGS)
-flags.DEFINE_string("data_dir", None, "Override the run's data_dir.", flag_values=FLAGS)
-flags.DEFINE_integer("eval_long_edge", None, "Resize images so the long edge is at most this (0 = full "
-                     "size; default: the run's setting).", lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_string("output_dir", None, "Where metrics go (default: <model_dir>/eval/<split>; with only "
-                    "--saved_model nothing is written unless given).", flag_values=FLAGS)
-flags.DEFINE_string("cityscapes_submission_dir", None, "Also write official Cityscapes result PNGs "
-                    "(labelIds, <city>_<seq>_<frame>_leftImg8bit.png, ground-truth size) here.",
-                    flag_values=FLAGS)
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy: default (one "
-                  "device) or mirrored (all GPUs, or --num_cpu_replicas logical CPUs).", flag_values=FLAGS)
-flags.DEFINE_integer("num_cpu_replicas", 0, "With --strategy=mirrored on CPU: logical CPU replicas.",
-                     lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 1, "Images per replica step (>1 only if all images share a size).",
-                     lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_integer("max_images", 0, "Stop after this many images (0 = the whole split).", lower_bound=0,
-                     flag_values=FLAGS)
+TOOL = Tool(
+    name="hmsa-eval",
+    doc=__doc__,
+    options=EvalConfig,
+    recipe_fields={DataConfig: common.EVAL_DATA_FIELDS, TrainConfig: common.MODEL_DIR_FIELDS + ("strategy", "num_cpu_replicas")},
+    aliases={**common.INFERENCE_ALIASES, "batch_size": "eval_batch_size"},
+)
 
 
-def check_flags():
-    """Validates flag combinations; returns the parsed chains. Raises app.UsageError."""
-    from hmsa_keras.evaluation import parse_sweep
+def check_flags(opts: EvalConfig, train_cfg: TrainConfig):
+    """Validates flag combinations; returns the chains (None: the run's). Raises UsageError."""
+    from hmsa_keras.conventions import parse_sweep
 
-    if not FLAGS.model_dir and not FLAGS.saved_model:
-        raise common.usage("model_dir", "give --model_dir (training directory or .keras file) or --saved_model")
-    if FLAGS.model_dir and FLAGS.saved_model:
-        raise common.usage("saved_model", "give either --model_dir or --saved_model, not both "
-                           "(--model_dir's config.json is still used for the dataset if you need it: "
-                           "pass --dataset/--data_dir instead)")
-    if FLAGS.saved_model and not os.path.isfile(os.path.join(FLAGS.saved_model, "saved_model.pb")):
-        raise common.usage("saved_model", f"{FLAGS.saved_model!r} is not a SavedModel directory (no saved_model.pb)")
-    if FLAGS.model_dir:
-        common.model_path_checked("model_dir", FLAGS.model_dir)
-    if FLAGS.sweep is not None:
-        if FLAGS.scales is not None:
-            raise common.usage("sweep", "replaces --scales: give one or the other")
-        if FLAGS.saved_model:
-            raise common.usage("sweep", "needs a Keras model (--model_dir): a SavedModel's chain is fixed at export")
+    model_dir = train_cfg.model_dir if TOOL.given("model_dir") else None
+    if not model_dir and not opts.saved_model:
+        raise usage("model_dir", "give --model_dir (training directory or .keras file) or --saved_model")
+    if model_dir and opts.saved_model:
+        raise usage("saved_model", "give either --model_dir or --saved_model, not both (pass --dataset/--data_dir "
+                    "for the data)")
+    if opts.saved_model and not os.path.isfile(os.path.join(opts.saved_model, "saved_model.pb")):
+        raise usage("saved_model", f"{opts.saved_model!r} is not a SavedModel directory (no saved_model.pb)")
+    if model_dir:
+        common.model_path_checked(model_dir)
+    chains = None
+    if opts.sweep is not None:
+        if TOOL.given("eval_scales"):
+            raise usage("sweep", "replaces --scales: give one or the other")
+        if opts.saved_model:
+            raise usage("sweep", "needs a Keras model (--model_dir): a SavedModel's chain is fixed at export")
         try:
-            chains = parse_sweep(FLAGS.sweep)
+            chains = parse_sweep(opts.sweep)
         except ValueError as exc:
-            raise common.usage("sweep", str(exc)) from None
-    else:
-        chains = [common.parse_chain("scales", FLAGS.scales)] if FLAGS.scales is not None else None
-    if FLAGS.cityscapes_submission_dir and chains is not None and len(chains) > 1:
-        raise common.usage("cityscapes_submission_dir", "needs a single chain (--scales), not a --sweep")
-    if FLAGS.num_cpu_replicas and FLAGS.strategy != "mirrored":
-        raise common.usage("num_cpu_replicas", "only applies with --strategy=mirrored")
-    return chains
+            raise app.UsageError(str(exc)) from None
+    if opts.cityscapes_submission_dir and chains is not None and len(chains) > 1:
+        raise usage("cityscapes_submission_dir", "needs a single chain (--scales), not a --sweep")
+    if train_cfg.num_cpu_replicas and train_cfg.strategy != "mirrored":
+        raise usage("num_cpu_replicas", "only applies with --strategy=mirrored")
+    if train_cfg.strategy == "multi_worker":
+        raise usage("strategy", "hmsa-eval runs on one machine: default or mirrored")
+    if opts.tile_size and train_cfg.strategy != "default":
+        raise usage("tile_size", "tiled evaluation runs on one replica: use --strategy=default")
+    if opts.tile_size and opts.saved_model:
+        raise usage("tile_size", "tiles need a Keras model (--model_dir)")
+    if opts.tile_size and not 0 <= opts.tile_overlap < min(opts.tile_size):
+        raise usage("tile_overlap", f"must be smaller than the tile ({opts.tile_overlap} >= {min(opts.tile_size)})")
+    return chains, model_dir
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    chains = check_flags()
+    opts = TOOL.config(EvalConfig)
+    model_dir = TOOL.flags["model_dir"].value if TOOL.given("model_dir") else None
+    data_cfg, train_cfg, found = common.run_configs(TOOL, model_dir)
+    chains, model_dir = check_flags(opts, train_cfg)
     # The strategy must exist before any TensorFlow op (logical CPU devices).
     from hmsa_keras.training.distribute import make_strategy
 
-    strategy = make_strategy(FLAGS.strategy, FLAGS.num_cpu_replicas) if FLAGS.strategy != "default" else None
+    strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas) \
+        if train_cfg.strategy != "default" else None
 
-    from hmsa_keras import evaluation as E
+    from hmsa_keras import metrics as M
+    from hmsa_keras.conventions import chain_name
     from hmsa_keras.data import DataError, build_dataset, get_dataset_info, iter_pairs
+    from hmsa_keras.evaluation import evaluate
+    from hmsa_keras.evaluation.cityscapes import CityscapesSubmissionWriter
 
-    _, run_data, run_train = common.run_configs(FLAGS.model_dir)
-    if run_data is None and not FLAGS.dataset:
-        raise common.usage("dataset", "is required: no config.json next to the model to take it from")
-    cfg = common.data_config(run_data, FLAGS.dataset, FLAGS.data_dir, FLAGS.eval_long_edge)
-    split = FLAGS.split or cfg.val_split
+    if not found and not TOOL.given("dataset"):
+        raise usage("dataset", "is required: no config.json next to the model to take it from")
+    split = opts.split or data_cfg.val_split
+    flip = train_cfg.eval_flip
     if chains is None:
-        chains = [tuple(sorted(run_train.eval_scales)) if run_train else (0.5, 1.0, 2.0)]
-    if FLAGS.cityscapes_submission_dir and cfg.dataset != "cityscapes":
-        raise common.usage("cityscapes_submission_dir", f"needs --dataset=cityscapes (file layout), not {cfg.dataset!r}")
+        chains = [train_cfg.eval_scales]
+    if opts.cityscapes_submission_dir and data_cfg.dataset != "cityscapes":
+        raise usage("cityscapes_submission_dir", f"needs --dataset=cityscapes (file layout), not {data_cfg.dataset!r}")
     try:
-        info = get_dataset_info(cfg, split)
-        dataset = build_dataset(cfg, split, training=False, batch_size=FLAGS.batch_size)
-        pairs = iter_pairs(cfg, split) if FLAGS.cityscapes_submission_dir else None
+        info = get_dataset_info(data_cfg, split)
+        dataset = build_dataset(data_cfg, split, training=False, batch_size=opts.eval_batch_size)
+        pairs = iter_pairs(data_cfg, split) if opts.cityscapes_submission_dir else None
     except (DataError, ValueError) as exc:
-        raise app.UsageError(f"dataset {cfg.dataset!r} split {split!r}: {exc}") from None
+        raise app.UsageError(f"dataset {data_cfg.dataset!r} split {split!r}: {exc}") from None
 
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
-        if FLAGS.saved_model:
-            model = E.SavedModelSegmenter(FLAGS.saved_model)
+        if opts.saved_model:
+            from hmsa_keras.export.saved_model import SavedModelSegmenter
+
+            model = SavedModelSegmenter(opts.saved_model)
             if model.num_classes is not None and model.num_classes != info.num_classes:
                 raise app.UsageError(f"--saved_model predicts {model.num_classes} classes; dataset "
-                                     f"{cfg.dataset!r} has {info.num_classes}")
-            log.info("SavedModel %s: its scale chain/flip were fixed at export; --scales/--flip are ignored",
-                     FLAGS.saved_model)
+                                     f"{data_cfg.dataset!r} has {info.num_classes}")
+            if TOOL.given("eval_scales") or TOOL.given("eval_flip"):
+                log.warning("--scales/--flip are ignored: a SavedModel's chain was fixed at export")
+            if model.scales is not None:
+                chains, flip = [model.scales], model.flip
         else:
             import hmsa_keras
 
-            model = hmsa_keras.load_model(FLAGS.model_dir)
-    writer = E.CityscapesSubmissionWriter(FLAGS.cityscapes_submission_dir, pairs) if pairs else None
-    log.info("evaluating %s on %s/%s (%d classes), chain(s) %s%s, %d replica(s)",
-             FLAGS.saved_model or FLAGS.model_dir, cfg.dataset, split, info.num_classes,
-             "; ".join(E.chain_name(c) for c in chains), " + flip" if FLAGS.flip else "",
-             strategy.num_replicas_in_sync if strategy else 1)
+            model = hmsa_keras.load_model(model_dir)
+    writer = CityscapesSubmissionWriter(opts.cityscapes_submission_dir, pairs) if pairs else None
+    log.info("evaluating %s on %s/%s (%d classes), chain(s) %s, %d replica(s)%s",
+             opts.saved_model or model_dir, data_cfg.dataset, split, info.num_classes,
+             "; ".join(chain_name(c, flip) for c in chains), strategy.num_replicas_in_sync if strategy else 1,
+             f", tiles {opts.tile_size[0]}x{opts.tile_size[1]}" if opts.tile_size else "")
     try:
-        results = E.evaluate(model, dataset, info.num_classes, chains, flip=FLAGS.flip, strategy=strategy,
-                             class_names=info.class_names, on_batch=writer,
-                             max_images=FLAGS.max_images or None)
+        results = evaluate(model, dataset, info.num_classes, chains, flip=flip, strategy=strategy,
+                           class_names=info.class_names, on_batch=writer, max_images=opts.max_images or None,
+                           tile_size=opts.tile_size, tile_overlap=opts.tile_overlap, tile_blend=opts.tile_blend)
     except (DataError, ValueError) as exc:
         raise app.UsageError(str(exc)) from None
     if writer:
         writer.close()
 
-    from hmsa_keras.metrics import format_table
-
     for r in results:
-        print(f"\n== {cfg.dataset}/{split}, scales {r.name}: {r.num_images} images, "
+        print(f"\n== {data_cfg.dataset}/{split}, scales {r.name}: {r.num_images} images, "
               f"{r.seconds / r.num_images:.3f} s/image ==")
-        print(format_table(r.metrics))
+        print(M.format_table(r.metrics))
     if len(results) > 1:
         print("\n== sweep (IoU %, side by side) ==")
-        print(E.format_sweep(results))
-    out_dir = FLAGS.output_dir or (os.path.join(FLAGS.model_dir if os.path.isdir(FLAGS.model_dir)
-                                                else os.path.dirname(os.path.abspath(FLAGS.model_dir)),
-                                                "eval", split) if FLAGS.model_dir else None)
+        print(M.format_sweep(results))
+    out_dir = opts.output_dir or (os.path.join(common.run_folder(model_dir), "eval", split) if model_dir else None)
     if out_dir:
-        paths = E.write_results(results, out_dir)
+        paths = M.write_results(results, out_dir)
         print(f"\nwrote {', '.join(paths)}")
     if writer:
-        print(f"wrote {writer.index} Cityscapes result PNGs to {FLAGS.cityscapes_submission_dir}")
+        print(f"wrote {writer.index} Cityscapes result PNGs to {opts.cityscapes_submission_dir}")
     return 0
 
 
 def run():
     """Console entry point ``hmsa-eval``."""
-    common.run_app(main, FLAGS)
+    TOOL.run(main)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

@@ -6,16 +6,21 @@ on the config seed and its position in the stream: reproducible, independent
 of parallelism, different for a different seed.
 
 Geometry is computed straight at crop size: a random scale ``s`` (image
-bilinear, label nearest), a crop window placed in the scaled image (padding
-where the window leaves it: image with the mean colour, i.e. 0 after
-normalisation, label with ignore 255), then a horizontal flip. The result
+bilinear, label nearest; with ``pre_size`` the scale is multiplied by
+``pre_size / long edge``, i.e. the image is first brought to that long edge as in
+the reference's ``transforms/joint_transforms.py: RandomSizeAndCrop``), a crop
+window placed in the scaled image (padding where the window leaves it: image with
+the mean colour, i.e. 0 after normalisation, label with ignore 255), then a
+horizontal flip. The result
 equals "resize the whole image, pad, crop" but costs only the crop's pixels,
 whatever the scale. Labels are only ever gathered (nearest), never
 interpolated, so no label value is invented.
 
 Photometric steps (pixel space, before normalisation): colour jitter
 (brightness, contrast, saturation, hue), Gaussian blur with probability
-``blur_prob``, additive Gaussian noise ``noise_std`` (0..255 units).
+``blur_prob`` and sigma uniform in [0.15, 1.30] (the reference's
+``transforms/transforms.py: RandomGaussianBlur``, applied there to every image when
+``--gblur`` is set), additive Gaussian noise ``noise_std`` (0..255 units).
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def _axis_sampling(offset, out_len, scaled_len, src_len):
     return i0, i1, frac, nearest, valid
 
 
-def scale_crop(image, label, seed, crop_size, scale_range=(1.0, 1.0), center=None):
+def scale_crop(image, label, seed, crop_size, scale_range=(1.0, 1.0), center=None, pre_size=None):
     """Random scale + pad + crop, computed at crop size.
 
     Args:
@@ -72,6 +77,8 @@ def scale_crop(image, label, seed, crop_size, scale_range=(1.0, 1.0), center=Non
       scale_range: (min, max) of the uniform random scale.
       center: optional float [2] (y, x) in source pixels; the crop is centred
         there (kept inside the scaled image where possible) instead of random.
+      pre_size: optional int; the random scale is multiplied by ``pre_size / max(H, W)``
+        (the reference's training ``--pre_size``: long edge first resized to it).
     Returns:
       (image float32 [ch, cw, 3] pixel values, label int32 [ch, cw], valid bool [ch, cw]).
     """
@@ -80,6 +87,8 @@ def scale_crop(image, label, seed, crop_size, scale_range=(1.0, 1.0), center=Non
     h, w = shape[0], shape[1]
     lo, hi = float(scale_range[0]), float(scale_range[1])
     scale = _uniform(seed, _SCALE, lo, hi) if hi > lo else tf.constant(lo, tf.float32)
+    if pre_size:
+        scale = scale * (float(pre_size) / tf.cast(tf.maximum(h, w), tf.float32))
     sh = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
     sw = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
     # Offsets range over every window position; negative / overhanging = padding.
@@ -127,8 +136,15 @@ def color_jitter(image, seed, strength):
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
-def gaussian_blur(image, sigma, radius=3):
-    """Separable Gaussian blur of [H, W, C] with reflect padding."""
+BLUR_SIGMA = (0.15, 1.30)  # reference RandomGaussianBlur: 0.15 + U[0, 1) * 1.15
+
+
+def gaussian_blur(image, sigma, radius=5):
+    """Separable Gaussian blur of [H, W, C] with reflect padding.
+
+    ``radius=5`` is the radius of the reference's ``skimage`` filter (truncated at
+    ``int(4 * sigma + 0.5)`` taps) at the largest sigma, 1.30; for a smaller sigma the taps
+    skimage drops weigh less than 1e-4 of the centre tap."""
     taps = tf.cast(tf.range(-radius, radius + 1), tf.float32)
     k = tf.exp(-0.5 * tf.square(taps / sigma))
     k = k / tf.reduce_sum(k)
@@ -141,17 +157,19 @@ def gaussian_blur(image, sigma, radius=3):
     return x[0]
 
 
-def augment(image, label, seed, config, center=None):
+def augment(image, label, seed, config, center=None, pre_size=None):
     """Full training augmentation of one example.
 
     Args:
       image: uint8 [H, W, 3]; label: uint8 [H, W] training ids (255 ignore).
       seed: int [2]; config: a DataConfig; center: optional (y, x) for class-uniform crops.
+      pre_size: optional long edge the image is brought to before the random scale
+        (see :func:`scale_crop`).
     Returns:
       (normalised float32 [ch, cw, 3], int32 [ch, cw]).
     """
     img, lbl, valid = scale_crop(image, label, seed, config.crop_size,
-                                 (config.scale_min, config.scale_max), center)
+                                 (config.scale_min, config.scale_max), center, pre_size)
     if config.hflip:
         flip = _uniform(seed, _FLIP, 0.0, 1.0) < 0.5
         img = tf.cond(flip, lambda: tf.reverse(img, [1]), lambda: img)
@@ -160,7 +178,7 @@ def augment(image, label, seed, config, center=None):
     if config.color_jitter and config.color_jitter > 0:
         img = color_jitter(img, seed, config.color_jitter)
     if config.blur_prob and config.blur_prob > 0:
-        sigma = _uniform(seed, _SIGMA, 0.15, 1.15)
+        sigma = _uniform(seed, _SIGMA, *BLUR_SIGMA)
         do_blur = _uniform(seed, _BLUR, 0.0, 1.0) < config.blur_prob
         img = tf.cond(do_blur, lambda: gaussian_blur(img, sigma), lambda: img)
     if config.noise_std and config.noise_std > 0:
@@ -173,11 +191,17 @@ def augment(image, label, seed, config, center=None):
     return normalize(img), lbl
 
 
-def resize_long_edge(image, label, long_edge):
-    """Downscale so that max(H, W) <= long_edge (image bilinear+antialias, label nearest)."""
+def resize_long_edge(image, label, long_edge, upscale=False):
+    """Downscale so that max(H, W) <= long_edge (image bilinear+antialias, label nearest).
+
+    ``upscale=True``: also enlarge smaller images, so every image ends with a long edge of
+    exactly ``long_edge`` (the reference's Mapillary evaluation, ``datasets/__init__.py:
+    setup_loaders`` with ``transforms/joint_transforms.py: Scale``).
+    Returns (float32 image [h', w', 3], label [h', w'] of the input dtype)."""
     shape = tf.shape(label)
     h, w = shape[0], shape[1]
     longest = tf.maximum(h, w)
+    needed = tf.not_equal(longest, long_edge) if upscale else longest > long_edge
 
     def resize():
         ratio = tf.cast(long_edge, tf.float32) / tf.cast(longest, tf.float32)
@@ -186,4 +210,4 @@ def resize_long_edge(image, label, long_edge):
         lbl = tf.image.resize(label[..., None], size, "nearest")[..., 0]
         return img, tf.cast(lbl, label.dtype)
 
-    return tf.cond(longest > long_edge, resize, lambda: (tf.cast(image, tf.float32), label))
+    return tf.cond(needed, resize, lambda: (tf.cast(image, tf.float32), label))

@@ -83,7 +83,7 @@ def tfds_dataset(config, split):
     import tensorflow_datasets as tfds
 
     tfds_split = TFDS_SPLITS.get(split, split)
-    manual_dir = getattr(config, "tfds_manual_dir", None) or config.data_dir
+    manual_dir = config.tfds_manual_dir or config.data_dir
     try:
         builder = tfds.builder("cityscapes/semantic_segmentation", data_dir=config.data_dir)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

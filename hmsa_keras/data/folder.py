@@ -101,3 +101,52 @@ def pseudo_info(config, main: DatasetInfo) -> DatasetInfo:
             f"the dataset's {main.class_names}"
         )
     return info
+
+
+class PseudoLabelWriter:
+    """Writes auto-labels as a folder dataset (the format above): ``root/<split>/images/``
+    (the input files, copied), ``root/<split>/labels/<stem>.png`` (class ids; pixels whose top
+    probability is below ``confidence`` -> the ignore label), ``root/classes.json`` and, on
+    :meth:`close`, ``root/autolabel.json`` (per image, the share of ignored pixels).
+
+    Raises DataError when ``root`` already holds a ``classes.json`` with other classes.
+    Source: the auto-labelling of arXiv 2005.10821, auto-labelling (threshold 0.5).
+    """
+
+    def __init__(self, root, split, class_names, colors, confidence):
+        self.root, self.confidence = root, float(confidence)
+        self.images = os.path.join(root, split, "images")
+        self.labels = os.path.join(root, split, "labels")
+        path = os.path.join(root, CLASS_FILE)
+        spec = {"names": list(class_names), "colors": [list(map(int, c)) for c in colors], "ignore_label": IGNORE}
+        if os.path.isfile(path):
+            with open(path) as f:
+                existing = json.load(f)
+            if existing.get("names") != spec["names"]:
+                raise DataError(f"{path} lists classes {existing.get('names')}, the model's are "
+                                f"{spec['names']}: use another folder")
+        os.makedirs(self.images, exist_ok=True)
+        os.makedirs(self.labels, exist_ok=True)
+        if not os.path.isfile(path):
+            with open(path, "w") as f:
+                json.dump(spec, f, indent=2)
+        self.stats = []
+
+    def write(self, image_path, probabilities):
+        """Writes the pseudo-label of ``image_path`` from its probabilities ``[H, W, K]``."""
+        import shutil
+
+        import numpy as np
+        from PIL import Image
+
+        classes = probabilities.argmax(-1).astype(np.uint8)
+        low = probabilities.max(-1) < self.confidence
+        classes[low] = IGNORE
+        stem, ext = os.path.splitext(os.path.basename(image_path))
+        shutil.copyfile(image_path, os.path.join(self.images, stem + ext.lower()))
+        Image.fromarray(classes, mode="L").save(os.path.join(self.labels, stem + ".png"))
+        self.stats.append({"image": os.path.abspath(image_path), "ignored_share": float(low.mean())})
+
+    def close(self, meta):
+        with open(os.path.join(self.root, "autolabel.json"), "w") as f:
+            json.dump(dict(meta, confidence=self.confidence, images=self.stats), f, indent=2)

@@ -16,7 +16,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-IGNORE = 255
+from hmsa_keras.conventions import IGNORE_LABEL
+
+IGNORE = IGNORE_LABEL  # one definition: hmsa_keras.conventions
 INVALID = -1
 
 

@@ -8,8 +8,7 @@ same affine map inside their graph.
 
 import numpy as np
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from hmsa_keras.conventions import MEAN, STD
 
 
 def normalize(image):

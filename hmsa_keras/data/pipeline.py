@@ -12,8 +12,12 @@ augmented with the stateless seed ``[config.seed, i]`` (see
 :mod:`hmsa_keras.data.augment`). So the stream is a pure function of the
 config: reproducible across runs and independent of parallelism.
 
+With ``pre_size`` (the reference's Mapillary recipe) every training image is
+first brought to that long edge, then scaled randomly.
+
 Evaluation: every image once, in file order, full size (optionally resized
-so that the long edge is at most ``eval_long_edge``), not augmented.
+so that the long edge is at most ``eval_long_edge``, or exactly that with
+``eval_upscale``), not augmented.
 
 Files are decoded with PIL inside ``tf.numpy_function`` (PIL releases the GIL
 while decoding), so a bad file stops the input with a :class:`DataError`
@@ -228,10 +232,11 @@ def _eval_map(config):
     long_edge = config.eval_long_edge
     if long_edge is None and config.dataset == "mapillary":
         long_edge = mapillary.DEFAULT_EVAL_LONG_EDGE
+    upscale = config.eval_upscale
 
     def prepare(image, label):
         if long_edge:
-            image, label = aug.resize_long_edge(image, label, int(long_edge))
+            image, label = aug.resize_long_edge(image, label, int(long_edge), upscale=upscale)
         return normalize(image), tf.cast(label, tf.int32)
 
     return prepare
@@ -280,6 +285,7 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
     cents = _centroid_tensors(config, split, source, get_dataset_info(config, split).num_classes) \
         if fraction > 0 else None
     base_seed = tf.constant(int(config.seed), tf.int64)
+    pre_size = config.pre_size
 
     def example(i):
         seed = tf.stack([base_seed, i])
@@ -295,9 +301,9 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
         if center is not None:
             # A centre of (-1, -1) means "random crop".
             return tf.cond(center[0] >= 0,
-                           lambda: aug.augment(image, label, seed, config, center),
-                           lambda: aug.augment(image, label, seed, config))
-        return aug.augment(image, label, seed, config)
+                           lambda: aug.augment(image, label, seed, config, center, pre_size),
+                           lambda: aug.augment(image, label, seed, config, pre_size=pre_size))
+        return aug.augment(image, label, seed, config, pre_size=pre_size)
 
     counter = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(n)
     ds = counter.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -323,9 +329,10 @@ def _build_stream(config, split, training, batch_size, repeat, drop_remainder):
         ds = ds.repeat()
     ds = ds.shuffle(_TFDS_SHUFFLE_BUFFER, seed=int(config.seed)).enumerate()
     base_seed = tf.constant(int(config.seed), tf.int64)
+    pre_size = config.pre_size
 
     def example(i, pair):
-        return aug.augment(pair[0], pair[1], tf.stack([base_seed, i]), config)
+        return aug.augment(pair[0], pair[1], tf.stack([base_seed, i]), config, pre_size=pre_size)
 
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, batch_size, drop_remainder)

@@ -250,3 +250,63 @@ def export_saved_model(model, export_dir, scales=(0.5, 1.0, 2.0), flip=False, mo
     with open(os.path.join(export_dir, METADATA_FILE), "w") as f:
         json.dump(module.metadata(), f, indent=2)
     return export_dir
+
+
+# ------------------------------------------------------------------ reading
+def _to_uint8(images):
+    """Normalised float images -> uint8 pixels (exact inverse of normalisation, rounded)."""
+    from hmsa_keras.conventions import MEAN, STD
+
+    pixels = (images * tf.constant(STD, tf.float32) + tf.constant(MEAN, tf.float32)) * 255.0
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+
+
+class SavedModelSegmenter:
+    """Adapts an exported SavedModel (``serving_default``: uint8 ``images`` -> int32
+    ``classes`` [+ ``probabilities``]) to the ``segment`` interface of :class:`HMSA`.
+
+    The scale chain and flip are baked into the export: ``scales`` and ``flip`` are read
+    from the export's ``hmsa_export.json`` (None when it is absent); those passed to
+    :meth:`segment` are ignored (the CLI says so).
+    """
+
+    def __init__(self, path: str, signature: str = "serving_default"):
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise FileNotFoundError(f"{path!r} is not a SavedModel directory (no saved_model.pb)")
+        self.path = path
+        self.scales, self.flip = None, None
+        meta_path = os.path.join(path, METADATA_FILE)
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            self.scales, self.flip = tuple(float(s) for s in meta["scales"]), bool(meta["flip"])
+        self.module = tf.saved_model.load(path)
+        if signature not in self.module.signatures:
+            raise ValueError(f"{path}: no signature {signature!r}; it has {sorted(self.module.signatures)}")
+        self.fn = self.module.signatures[signature]
+        inputs = self.fn.structured_input_signature[1]
+        if len(inputs) != 1:
+            raise ValueError(f"{path}: signature {signature!r} takes {sorted(inputs)}; expected one image input")
+        self.input_name = next(iter(inputs))
+        self.input_dtype = inputs[self.input_name].dtype
+        outputs = self.fn.structured_outputs
+        if "classes" not in outputs and "probabilities" not in outputs:
+            raise ValueError(f"{path}: signature {signature!r} returns {sorted(outputs)}; expected 'classes'")
+        self.num_classes = None
+        probs = outputs.get("probabilities")
+        if probs is not None and probs.shape.rank == 4 and probs.shape[-1] is not None:
+            self.num_classes = int(probs.shape[-1])
+
+    def segment(self, images, scales=None, flip=False, **unused):
+        pixels = _to_uint8(images) if self.input_dtype == tf.uint8 else images
+        out = self.fn(**{self.input_name: tf.cast(pixels, self.input_dtype)})
+        if "classes" in out:
+            classes = tf.cast(out["classes"], tf.int32)
+            if classes.shape.rank == 4:
+                classes = tf.squeeze(classes, -1)
+        else:
+            classes = tf.argmax(out["probabilities"], axis=-1, output_type=tf.int32)
+        result = {"classes": classes}
+        if "probabilities" in out:
+            result["probabilities"] = out["probabilities"]
+        return result

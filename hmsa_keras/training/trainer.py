@@ -1,7 +1,7 @@
 """``train()``: configs in, a training directory out.
 
 model_dir/
-  config.json      the three configs of the run (read by hmsa-eval / hmsa-export)
+  config.json      the run's resolved configs (training/run_config.py; read by the other tools)
   checkpoints/     resumable tf.train checkpoints (model, optimizer, step, epoch, best mIoU)
   best.keras       best model by validation mIoU;  last.keras: the final model
   logs/train, logs/val   TensorBoard
@@ -10,7 +10,6 @@ model_dir/
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -18,7 +17,7 @@ import time
 
 import numpy as np
 
-from hmsa_keras.config import DataConfig, ModelConfig, TrainConfig, to_json
+from hmsa_keras.config import DataConfig, ModelConfig, TrainConfig
 
 
 class TrainingDiverged(RuntimeError):
@@ -27,22 +26,6 @@ class TrainingDiverged(RuntimeError):
 
 def _log(message):
     print(message, flush=True)
-
-
-def global_batch_size(train_cfg: TrainConfig, strategy) -> int:
-    return train_cfg.batch_size * strategy.num_replicas_in_sync
-
-
-def num_examples(data_cfg: DataConfig, split: str) -> int:
-    """Size of a split (synthetic: its configured size; file datasets: their pairs)."""
-    from hmsa_keras.data import iter_pairs
-    from hmsa_keras.data.synthetic import split_size
-
-    if data_cfg.dataset == "synthetic":
-        return split_size(data_cfg, split)
-    if data_cfg.dataset == "cityscapes_tfds":
-        return {"train": 2975, "val": 500}.get(split, 1525)
-    return len(iter_pairs(data_cfg, split))
 
 
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, strategy=None):
@@ -65,38 +48,34 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     from hmsa_keras.training.checkpoints import CheckpointKeeper, RunState, save_keras_atomic
     from hmsa_keras.training.loop import evaluate, make_test_function, make_train_function
     from hmsa_keras.training.optimizer import build_optimizer
+    from hmsa_keras.training.run_config import check_resume, num_examples, resolve
     from hmsa_keras.training.summaries import Summaries
 
     keras.mixed_precision.set_global_policy(train_cfg.precision)
-    keras.utils.set_random_seed(train_cfg.seed)
+    keras.utils.set_random_seed(data_cfg.seed)
     chief = is_chief(strategy)
     model_dir = train_cfg.model_dir
     os.makedirs(model_dir, exist_ok=True)
 
     info = get_dataset_info(data_cfg)
-    if model_cfg.num_classes != info.num_classes:
-        model_cfg = dataclasses.replace(model_cfg, num_classes=info.num_classes)
-    # SyncBN exactly when there is something to synchronise: with more than one replica it is
-    # required (unsynchronised moving statistics diverge); on one replica Keras' synchronized
-    # path only costs precision (E[x^2]-E[x]^2 variance; with it a batch-2, 48 px run had NaN
-    # weights after 3 steps at LR 0.01, the plain layer after 4 with validation in between).
-    model_cfg = dataclasses.replace(model_cfg, sync_bn=strategy.num_replicas_in_sync > 1)
+    run = resolve(model_cfg, data_cfg, train_cfg, strategy.num_replicas_in_sync, info.num_classes,
+                  num_examples(data_cfg, data_cfg.train_split))
+    model_cfg, resolved = run.model, run.resolved  # from here on nothing changes the configs
     if chief:
-        with open(os.path.join(model_dir, "config.json"), "w") as f:
-            f.write(to_json(model_cfg, data_cfg, train_cfg))
-
-    batch = global_batch_size(train_cfg, strategy)
-    steps_per_epoch = train_cfg.steps_per_epoch or max(num_examples(data_cfg, data_cfg.train_split) // batch, 1)
-    total_steps = steps_per_epoch * train_cfg.epochs
-    learning_rate = train_cfg.learning_rate * (batch / train_cfg.reference_batch_size
-                                               if train_cfg.reference_batch_size else 1.0)
+        check_resume(run, model_dir)
+        run.write(model_dir)
+    batch, steps_per_epoch, total_steps = resolved.global_batch_size, resolved.steps_per_epoch, resolved.total_steps
+    learning_rate = resolved.learning_rate
 
     with strategy.scope():
         model = api.build_model(model_cfg)
         if train_cfg.freeze:
             model.set_frozen(train_cfg.freeze)
         optimizer = build_optimizer(model, learning_rate, total_steps, train_cfg.momentum,
-                                    train_cfg.weight_decay, train_cfg.lr_power, train_cfg.warmup_steps)
+                                    train_cfg.weight_decay, train_cfg.lr_power, train_cfg.warmup_steps,
+                                    weight_decay_mode=train_cfg.weight_decay_mode,
+                                    lr_schedule_granularity=train_cfg.lr_schedule_granularity,
+                                    steps_per_epoch=steps_per_epoch)
         if train_cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer, loss=train_cfg.loss, aux_weight=train_cfg.aux_weight,

@@ -10,6 +10,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+# The one tiny-model configuration of the test suite (conftest, drivers and test files import it):
+# MobileNetV2 x0.35 with 16-channel heads, built in seconds on a 2-core CPU.
 TINY = dict(alpha=0.35, aspp_channels=16, decoder_channels=16, attention_channels=16, low_level_channels=8)
 
 
