@@ -296,27 +296,29 @@ class OursWorker:
 
         if opts["threads"]:
             tf.config.threading.set_intra_op_parallelism_threads(opts["threads"])
+            tf.config.threading.set_inter_op_parallelism_threads(opts["threads"])
         self.tf = tf
         self.opts = opts
         self.models = {}
         self.runners = {}
         self.work_dir = tempfile.mkdtemp(prefix="hmsa_vs_reference_")
 
-    def model(self, precision):
+    def model(self, precision, ablation=None):
         import keras
 
         import hmsa_keras
 
-        if precision not in self.models:
+        key = precision if ablation is None else (precision, ablation)
+        if key not in self.models:
             previous = keras.mixed_precision.global_policy().name
             keras.mixed_precision.set_global_policy(precision)
             try:
                 keras.utils.set_random_seed(0)
-                self.models[precision] = hmsa_keras.build_model(
+                self.models[key] = hmsa_keras.build_model(
                     num_classes=NUM_CLASSES, trunk="resnet50", output_stride=8, aux_head=False)
             finally:
                 keras.mixed_precision.set_global_policy(previous)
-        return self.models[precision]
+        return self.models[key]
 
     def info(self):
         import keras
@@ -338,23 +340,27 @@ class OursWorker:
         extra = {}
         for variant in variants:
             tic = time.perf_counter()
-            precision = "mixed_bfloat16" if variant.endswith("bf16") else "float32"
-            if part == "train":
-                self.runners[variant] = self._train_runner(precision)
-            else:
-                backend = variant.split("_", 1)[1].rsplit("_", 1)[0]  # ours_<backend>_<precision>
-                self.runners[variant], extra[variant] = self._infer_runner(backend, precision)
+            name, _, ablation = variant.partition("@")
+            ablation = ablation or None
+            precision = "mixed_bfloat16" if name.endswith("bf16") else "float32"
+            with ablation_context(ablation):  # exports trace at set-up
+                if part == "train":
+                    run = self._train_runner(precision, ablation)
+                else:
+                    backend = name.split("_", 1)[1].rsplit("_", 1)[0]  # ours_<backend>_<precision>
+                    run, extra[variant] = self._infer_runner(backend, precision, ablation)
+            self.runners[variant] = with_ablation(run, ablation)
             extra.setdefault(variant, {})["build_seconds"] = time.perf_counter() - tic
         return extra
 
-    def _train_runner(self, precision):
+    def _train_runner(self, precision, ablation=None):
         import keras
 
         from hmsa_keras.training import loop
         from hmsa_keras.training.optimizer import build_optimizer
 
         tf = self.tf
-        model = self.model(precision)
+        model = self.model(precision, ablation)
         model.compile(optimizer=build_optimizer(model, LR, total_steps=10 ** 6, momentum=MOMENTUM,
                                                 weight_decay=WEIGHT_DECAY, weight_decay_mode="coupled"),
                       loss="ce", scale_loss_weight=SCALE_LOSS_WEIGHT)
@@ -366,11 +372,11 @@ class OursWorker:
         del keras
         return lambda: float(step(batch)["loss"])  # float() waits for the step
 
-    def _infer_runner(self, backend, precision):
+    def _infer_runner(self, backend, precision, ablation=None):
         tf = self.tf
         import numpy as np
 
-        model = self.model(precision)
+        model = self.model(precision, ablation)
         h, w = self.opts["infer_size"]
         pixels, images, _ = data(1, h, w, seed=2)
         if backend == "keras":
@@ -382,7 +388,7 @@ class OursWorker:
         if backend == "saved_model":
             from hmsa_keras.export import export_saved_model
 
-            path = os.path.join(self.work_dir, f"saved_model_{precision}")
+            path = os.path.join(self.work_dir, f"saved_model_{precision}_{ablation}")
             export_saved_model(model, path, scales=CHAIN)
             fn = tf.saved_model.load(path).signatures["serving_default"]
             x = tf.constant(pixels)
@@ -439,6 +445,70 @@ class OursWorker:
         return common.graph_flops(fn.get_concrete_function(*specs), op_types=common.DENSE_OPS)
 
 
+# Ablations (``--ablations``): our step or inference with one speed-up turned off, as an
+# extra variant ``ours_..._fp32@<name>`` timed in the same rounds. Each is a context manager
+# active while the variant is traced and run.
+def _portable_dilation():
+    import contextlib
+
+    from hmsa_keras.models import tf_ops
+
+    @contextlib.contextmanager
+    def switch():
+        saved = list(tf_ops._NATIVE_DILATION)
+        tf_ops._NATIVE_DILATION[:] = [False]
+        try:
+            yield
+        finally:
+            tf_ops._NATIVE_DILATION[:] = saved
+
+    return switch()
+
+
+def _keras_batch_norm():
+    import contextlib
+
+    from hmsa_keras.models import batch_norm
+
+    @contextlib.contextmanager
+    def switch():
+        saved = list(batch_norm.ENABLED)
+        batch_norm.ENABLED[:] = [False]
+        try:
+            yield
+        finally:
+            batch_norm.ENABLED[:] = saved
+
+    return switch()
+
+
+ABLATIONS = {
+    "s2b_dilation": _portable_dilation,  # dilated convolutions through SpaceToBatch (before issue 17)
+    "keras_batch_norm": _keras_batch_norm,  # Keras' unfused BatchNormalization (before issue 17)
+}
+
+
+def ablation_context(ablation):
+    import contextlib
+
+    if ablation is None:
+        return contextlib.nullcontext()
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
+    return ABLATIONS[ablation]()
+
+
+def with_ablation(run, ablation):
+    if ablation is None:
+        return run
+
+    def ablated():
+        with ablation_context(ablation):
+            return run()
+
+    return ablated
+
+
 def worker_main(kind, opts):
     """Reads JSON commands on stdin, answers on the original stdout (library output is sent
     to stderr so that it cannot be mistaken for an answer)."""
@@ -460,14 +530,11 @@ def worker_main(kind, opts):
                 result = worker.info()
             elif cmd["cmd"] == "setup":
                 result = worker.setup(cmd["part"], cmd["variants"])
-            elif cmd["cmd"] == "warmup":
-                tic = time.perf_counter()
+            elif cmd["cmd"] in ("warmup", "run"):
+                tic, cpu = time.perf_counter(), time.process_time()
                 value = worker.runners[cmd["variant"]]()
-                result = {"seconds": time.perf_counter() - tic, "value": value}
-            elif cmd["cmd"] == "run":
-                tic = time.perf_counter()
-                value = worker.runners[cmd["variant"]]()
-                result = {"seconds": time.perf_counter() - tic, "value": value}
+                result = {"seconds": time.perf_counter() - tic, "cpu_seconds": time.process_time() - cpu,
+                          "value": value}
             elif cmd["cmd"] == "flops":
                 result = {"flops": worker.flops(cmd["part"])}
             elif cmd["cmd"] == "release":
@@ -531,8 +598,9 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def part_variants(part, bf16, backends):
-    """{variant: worker kind}; the reference's variants first."""
+def part_variants(part, bf16, backends, ablations=()):
+    """{variant: worker kind}; the reference's variants first; ablations (float32, the
+    first backend) last."""
     precisions = ["fp32"] + (["bf16"] if bf16 else [])
     variants = {}
     for p in precisions:
@@ -545,6 +613,8 @@ def part_variants(part, bf16, backends):
                 if p == "bf16" and b != "keras":
                     continue  # the exports are float32
                 variants[f"ours_{b}_{p}"] = "ours"
+    for a in ablations:
+        variants[f"ours_fp32@{a}" if part == "train" else f"ours_{backends[0]}_fp32@{a}"] = "ours"
     return variants
 
 
@@ -579,16 +649,19 @@ def time_part(part, workers, variants, rounds, warmups, log):
             log(f"   {v}: FAILED {e}")
     for v in live:
         entry["variants"][v]["seconds_runs"] = []
+        entry["variants"][v]["cpu_seconds_runs"] = []
     for r in range(rounds):
         order = live[r % len(live):] + live[:r % len(live)] if live else []
         for v in order:
             answer = workers[variants[v]].ask("run", variant=v)
             entry["variants"][v]["seconds_runs"].append(answer["seconds"])
+            entry["variants"][v]["cpu_seconds_runs"].append(answer["cpu_seconds"])
         log(f"   round {r + 1}/{rounds}: " + ", ".join(
             f"{v} {entry['variants'][v]['seconds_runs'][-1]:.2f}" for v in live))
     for v in live:
-        runs = entry["variants"][v]["seconds_runs"]
-        entry["variants"][v]["seconds_median"] = median(runs)
+        cell = entry["variants"][v]
+        cell["seconds_median"] = median(cell["seconds_runs"])
+        cell["cpu_seconds_median"] = median(cell["cpu_seconds_runs"])
     for kind in ("torch", "ours"):
         try:
             entry.setdefault("vm_hwm_mb", {})[kind] = workers[kind].ask("release")["vm_hwm_mb"]
@@ -599,11 +672,12 @@ def time_part(part, workers, variants, rounds, warmups, log):
     for v, cell in entry["variants"].items():
         if not v.startswith("ours_") or "seconds_median" not in cell:
             continue
-        precision = v.rsplit("_", 1)[1]
+        precision = v.split("@")[0].rsplit("_", 1)[1]
         ref = entry["variants"].get(f"reference_{precision}", {})
         if "seconds_median" in ref:
             ratios[v] = {"vs": f"reference_{precision}",
                          "ratio_of_medians": cell["seconds_median"] / ref["seconds_median"],
+                         "cpu_ratio_of_medians": cell["cpu_seconds_median"] / ref["cpu_seconds_median"],
                          "per_round": [a / b for a, b in zip(cell["seconds_runs"], ref["seconds_runs"])]}
     for side in ("reference", "ours"):
         fp32 = [v for v in entry["variants"] if v.startswith(side) and v.endswith("fp32")]
@@ -619,14 +693,16 @@ def time_part(part, workers, variants, rounds, warmups, log):
 
 
 def print_part(part, entry, log):
-    log(f"-- {part}: median seconds (rounds), ratio ours / reference (same precision)")
+    log(f"-- {part}: median wall seconds, ratio ours / reference (same precision), median process "
+        f"CPU seconds and its ratio, wall seconds per round")
     for v, cell in entry["variants"].items():
         if "seconds_median" not in cell:
             log(f"   {v:28s} {'-':>9s}   {cell.get('error', 'not run')[:120]}")
             continue
-        ratio = entry["ratios"].get(v, {}).get("ratio_of_medians")
-        r = f"{ratio:6.2f}x" if ratio else ""
-        log(f"   {v:28s} {cell['seconds_median']:9.3f}   {r:8s} runs "
+        ratio = entry["ratios"].get(v, {})
+        r = f"{ratio['ratio_of_medians']:6.2f}x" if ratio else ""
+        c = f"{ratio['cpu_ratio_of_medians']:6.2f}x" if ratio else ""
+        log(f"   {v:34s} {cell['seconds_median']:9.3f} {r:8s} cpu {cell['cpu_seconds_median']:9.3f} {c:8s} runs "
             + " ".join(f"{s:.2f}" for s in cell["seconds_runs"]))
     for name, ratio in entry["ratios"].items():
         if name.endswith("_vs_fp32"):
@@ -645,11 +721,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 3; --quick 1)")
     parser.add_argument("--warmups", type=int, default=0, help="warm-up calls (default 2; --quick 1)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads for both frameworks (0: each framework's default)")
+                        help="threads for both frameworks: torch.set_num_threads, TensorFlow's intra- and "
+                        "inter-op pools, TFLite (0: each framework's default). On a loaded machine, 1 "
+                        "avoids OpenMP barrier spinning that slows PyTorch several-fold")
     parser.add_argument("--train_size", default=None, help="HxW (default 256x512; --quick 64x128)")
     parser.add_argument("--train_batch", type=int, default=0,
                         help="default 2 (the reference's BatchNorm after image pooling needs >= 2)")
     parser.add_argument("--infer_size", default=None, help="HxW (default 512x1024; --quick 64x128)")
+    parser.add_argument("--ablations", default="",
+                        help="extra variants of ours with one speed-up off: " + ", ".join(ABLATIONS))
     parser.add_argument("--flops", action="store_true",
                         help="also count both graphs' matmul/convolution FLOPs (slow at full size)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round (developer smoke run)")
@@ -675,6 +755,10 @@ def main(argv=None):
     for b in backends:
         if b not in ("keras", "saved_model", "tflite"):
             parser.error(f"--backends: unknown backend {b!r}; choose from keras, saved_model, tflite")
+    ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    for a in ablations:
+        if a not in ABLATIONS:
+            parser.error(f"--ablations: unknown {a!r}; choose from {', '.join(ABLATIONS)}")
     rounds = args.rounds or (1 if args.quick else 3)
     warmups = args.warmups or (1 if args.quick else 2)
     opts = {"reference_dir": os.path.abspath(args.reference_dir), "threads": args.threads,
@@ -698,6 +782,7 @@ def main(argv=None):
                        "scale_loss_weight": SCALE_LOSS_WEIGHT},
               "settings": {**{k: v for k, v in opts.items() if k != "reference_dir"}, "chain": list(CHAIN),
                            "rounds": rounds, "warmups": warmups, "bf16": bool(args.bf16),
+                           "ablations": ablations,
                            "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY}},
               "cpu_flags": cpu_flags(), "load_average_at_start": os.getloadavg(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "parts": {}}
@@ -723,7 +808,7 @@ def main(argv=None):
             f"parameters reference {report['reference']['info']['parameters']:,} ours "
             f"{report['ours']['info']['parameters']:,}; logs in {log_dir}")
         for part in parts:
-            variants = part_variants(part, args.bf16, backends)
+            variants = part_variants(part, args.bf16, backends, ablations)
             log(f"== {part}: " + ", ".join(variants))
             entry = time_part(part, workers, variants, rounds, warmups, log)
             if args.flops:

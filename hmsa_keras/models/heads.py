@@ -15,6 +15,7 @@ import keras
 
 from hmsa_keras.models import fusion as F
 from hmsa_keras.models.atrous_conv2d import AtrousConv2D
+from hmsa_keras.models.batch_norm import FusedBatchNormalization
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
@@ -45,7 +46,7 @@ class LayerFactory:
         self.bn_epsilon = bn_epsilon
 
     def bn(self, name):
-        return keras.layers.BatchNormalization(
+        return FusedBatchNormalization(
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name)
 
     def conv_bn_relu(self, x, filters, kernel_size, name, dilation_rate=1):

@@ -10,6 +10,8 @@ code beside each call site. What lives here and why:
   ``keras.ops.argmax`` adds a negative-zero fix (``signbit``) that is no TFLite builtin.
 - :func:`dilated_conv2d`: a dilated convolution on TensorFlow's native dilated kernels
   where it has them, with a fast kernel gradient (see :mod:`hmsa_keras.models.atrous_conv2d`).
+- :func:`fused_batch_norm_training`: TensorFlow's fused BatchNorm kernel for training (see
+  :mod:`hmsa_keras.models.batch_norm`).
 - :func:`cholesky`, :func:`cholesky_solve`: ``keras.ops.cholesky`` adds
   ``check_numerics``, which would turn a diverging RMI loss into an exception instead of
   the NaN loss that the trainer reports.
@@ -51,35 +53,62 @@ def cholesky_solve(chol, rhs):
     return tf.linalg.cholesky_solve(chol, rhs)
 
 
+# ----------------------------------------------------------------------- batch norm
+def fused_batch_norm_training(x, gamma, beta, epsilon):
+    """Training-mode batch normalisation of an NHWC ``x`` with TensorFlow's fused kernel.
+
+    Returns ``(y, mean, variance)``: ``y = (x - mean) / sqrt(variance + epsilon) * gamma +
+    beta`` in ``x``'s dtype (statistics in float32, also for bfloat16/float16 ``x``) and the
+    batch mean and *biased* batch variance over (B, H, W), float32, without gradient (for
+    the moving averages). ``FusedBatchNormV3`` reports the Bessel-corrected variance
+    ``n / (n - 1)`` times the biased one (1 times when n = 1); it is converted back. The raw
+    op is called because ``tf.compat.v1.nn.fused_batch_norm`` raises ``epsilon`` to at least
+    1.001e-5. Gradients: TensorFlow's ``FusedBatchNormGradV3`` with respect to ``x``,
+    ``gamma`` and ``beta``."""
+    empty = tf.constant([], tf.float32)
+    y, mean, corrected, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=tf.cast(gamma, tf.float32), offset=tf.cast(beta, tf.float32), mean=empty,
+        variance=empty, epsilon=float(epsilon), exponential_avg_factor=1.0, data_format="NHWC",
+        is_training=True)
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+    variance = corrected * (n - 1.0) / tf.maximum(n, 1.0)  # n = 1: the op reports 0, and so do we
+    return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
 # ------------------------------------------------------------------ dilated convolution
-_NATIVE_DILATION = []  # [bool] once probed
+_NATIVE_DILATION = []  # [] = probe; [True] / [False] forces (tests, benchmark ablations)
+_NATIVE_DILATION_DTYPES = {}  # dtype name -> probed bool
 
 
-def native_dilation() -> bool:
+def native_dilation(dtype=tf.float32) -> bool:
     """Whether this TensorFlow runs ``Conv2D`` *and* ``Conv2DBackpropInput`` with dilations
-    natively (the oneDNN CPU kernels, TensorFlow's default on x86-64; cuDNN on GPU).
+    natively for ``dtype`` (the oneDNN CPU kernels, TensorFlow's default on x86-64, have
+    float32 and bfloat16; cuDNN on GPU).
 
-    Probed once, eagerly, on a 5x5 tensor: TensorFlow's own Eigen CPU kernels (e.g. with
-    ``TF_ENABLE_ONEDNN_OPTS=0``) run a dilated ``Conv2D`` forward but reject
-    ``Conv2DBackpropInput`` with dilations ("Current CPU implementations do not yet support
-    dilation rates larger than 1")."""
-    if not _NATIVE_DILATION:
+    Probed once per dtype, eagerly, on a 5x5 tensor: TensorFlow's own Eigen CPU kernels
+    (float64, or any dtype with ``TF_ENABLE_ONEDNN_OPTS=0``) run a dilated ``Conv2D`` forward
+    but reject ``Conv2DBackpropInput`` with dilations ("Current CPU implementations do not
+    yet support dilation rates larger than 1"). ``_NATIVE_DILATION = [bool]`` overrides."""
+    if _NATIVE_DILATION:
+        return _NATIVE_DILATION[0]
+    dtype = tf.as_dtype(dtype)
+    if dtype.name not in _NATIVE_DILATION_DTYPES:
         with tf.init_scope():
             try:
-                ones = tf.ones([1, 5, 5, 1])
-                tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 5, 5, 1], filter=tf.ones([3, 3, 1, 1]),
+                ones = tf.ones([1, 5, 5, 1], dtype)
+                tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 5, 5, 1], filter=tf.ones([3, 3, 1, 1], dtype),
                                                out_backprop=ones, strides=[1, 1, 1, 1], padding="SAME",
                                                dilations=[1, 2, 2, 1])
-                _NATIVE_DILATION.append(True)
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                _NATIVE_DILATION.append(False)
-    return _NATIVE_DILATION[0]
+                _NATIVE_DILATION_DTYPES[dtype.name] = True
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError):
+                _NATIVE_DILATION_DTYPES[dtype.name] = False
+    return _NATIVE_DILATION_DTYPES[dtype.name]
 
 
 def dilated_conv2d(x, kernel, rate, native=None):
     """SAME, stride-1 NHWC convolution with dilation ``rate`` (h, w) and the fast gradients.
 
-    ``native`` (default :func:`native_dilation`): the forward pass and the input gradient
+    ``native`` (default :func:`native_dilation` of ``x``'s dtype): the forward pass and the input gradient
     are TensorFlow's dilated ``Conv2D`` / ``Conv2DBackpropInput`` ops, which oneDNN runs
     directly and which skip the kernel taps that only read padding. Not
     ``tf.nn.convolution``: for a dilation it goes through SpaceToBatch -> Conv2D ->
@@ -91,7 +120,7 @@ def dilated_conv2d(x, kernel, rate, native=None):
     :func:`_kernel_gradient` in both cases (faster than ``Conv2DBackpropFilter``)."""
     x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
     rate = [int(r) for r in rate]
-    native = native_dilation() if native is None else native
+    native = native_dilation(x.dtype) if native is None else native
 
     @tf.custom_gradient
     def conv(x, kernel):
