@@ -482,7 +482,26 @@ def _keras_batch_norm():
     return switch()
 
 
+def _xla():
+    import contextlib
+
+    from hmsa_keras.training import loop
+
+    @contextlib.contextmanager
+    def switch():
+        saved = dict(loop.TRAIN_STEP_OPTIONS)
+        loop.TRAIN_STEP_OPTIONS["jit_compile"] = True
+        try:
+            yield
+        finally:
+            loop.TRAIN_STEP_OPTIONS.clear()
+            loop.TRAIN_STEP_OPTIONS.update(saved)
+
+    return switch()
+
+
 ABLATIONS = {
+    "xla": _xla,  # train step compiled with jit_compile=True (XLA); not an ablation, an option
     "s2b_dilation": _portable_dilation,  # dilated convolutions through SpaceToBatch (before issue 17)
     "keras_batch_norm": _keras_batch_norm,  # Keras' unfused BatchNormalization (before issue 17)
 }

@@ -54,7 +54,7 @@ def profile_ours(args):
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    opts = {"reference_dir": "", "threads": 0, "train_size": V.parse_hw(args.size),
+    opts = {"reference_dir": "", "threads": args.threads, "train_size": V.parse_hw(args.size),
             "train_batch": args.batch, "infer_size": V.parse_hw(args.size)}
     worker = V.OursWorker(opts)
     if args.part == "train":
@@ -96,7 +96,7 @@ def profile_reference(args):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    opts = {"reference_dir": args.reference_dir, "threads": 0, "train_size": V.parse_hw(args.size),
+    opts = {"reference_dir": args.reference_dir, "threads": args.threads, "train_size": V.parse_hw(args.size),
             "train_batch": args.batch, "infer_size": V.parse_hw(args.size)}
     worker = V.TorchWorker(opts)
     bf16 = args.precision != "float32"
@@ -125,6 +125,7 @@ def main():
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=0, help="threads (0: the framework's default)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     wall, by_type, by_name, by_part = (profile_ours if args.side == "ours" else profile_reference)(args)

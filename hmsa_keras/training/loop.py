@@ -81,15 +81,20 @@ def test_step(model, data):
     return {m.name: m.result() for m in model.metrics}
 
 
+# How the training step is compiled. ``jit_compile=False``: XLA on CPU runs convolutions
+# without oneDNN and measured slower (docs/benchmarks.md, "Against the PyTorch reference").
+TRAIN_STEP_OPTIONS = {"jit_compile": False}
+
+
 def train_step_options():
-    """The options :func:`compile_train_step` and :func:`make_train_function` compile with
-    (recorded by the benchmarks)."""
-    return {"jit_compile": False}
+    """The ``tf.function`` options :func:`compile_train_step` and :func:`make_train_function`
+    compile with (:data:`TRAIN_STEP_OPTIONS`; recorded by the benchmarks)."""
+    return dict(TRAIN_STEP_OPTIONS)
 
 
 def compile_train_step(model):
     """``model.train_step`` compiled as the trainer compiles it, for one device: a callable
-    ``(images, labels) -> logs`` (benchmarks, tests)."""
+    taking one ``(images, labels)`` batch and returning the logs (benchmarks, tests)."""
     return tf.function(model.train_step, **train_step_options())
 
 
