@@ -173,7 +173,8 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
         if self._exact64:
             return ops.convert_to_tensor(self.total_cm)
         high = np.asarray(ops.convert_to_numpy(self.total_cm_high), np.float64)
-        return high * float(1 << _SPLIT) + np.asarray(ops.convert_to_numpy(self.total_cm), np.float64)
+        low = np.asarray(ops.convert_to_numpy(self.total_cm), np.float64)
+        return high * float(1 << _SPLIT) + low
 
     def _matrix_tensor(self):
         if self._exact64:

@@ -27,7 +27,10 @@ import numpy as np
 
 def outputs_of(model, inputs, **kwargs):
     """The model's outputs on ``inputs`` as a flat list of NumPy arrays (nest order)."""
-    return [np.asarray(keras.ops.convert_to_numpy(x)) for x in keras.tree.flatten(model(inputs, **kwargs))]
+    return [
+        np.asarray(keras.ops.convert_to_numpy(x))
+        for x in keras.tree.flatten(model(inputs, **kwargs))
+    ]
 
 
 def assert_same_outputs(a, b, atol=0.0, what="outputs"):
@@ -75,8 +78,9 @@ def check_weights_file_round_trip(model, inputs, directory, builder=None, atol=0
     model.save_weights(path)
     other = builder() if builder is not None else type(model).from_config(model.get_config())
     before = outputs_of(other, inputs)
-    assert any(np.abs(x - y).max() > 0 for x, y in zip(before, reference)), \
+    assert any(np.abs(x - y).max() > 0 for x, y in zip(before, reference)), (
         "a freshly built model already gives the same outputs: the check could not fail"
+    )
     other.load_weights(path)
     assert_same_outputs(outputs_of(other, inputs), reference, atol, "outputs after load_weights")
 

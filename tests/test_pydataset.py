@@ -16,8 +16,10 @@ from hmsa_keras.data.pydataset import SegmentationPyDataset, normalize, scale_cr
 
 def _example(h=40, w=60, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (h, w, 3)).astype(np.uint8),
-            rng.integers(0, 5, (h, w)).astype(np.uint8))
+    return (
+        rng.integers(0, 256, (h, w, 3)).astype(np.uint8),
+        rng.integers(0, 5, (h, w)).astype(np.uint8),
+    )
 
 
 def test_scale_and_crop_match_the_tf_data_augmentation():
@@ -28,18 +30,26 @@ def test_scale_and_crop_match_the_tf_data_augmentation():
 
     image, label = _example()
     for scale, crop in ((1.5, (60, 90)), (0.7, (28, 42)), (1.0, (40, 60))):
-        want_img, want_lbl, valid = augment.scale_crop(tf.constant(image), tf.constant(label),
-                                                       tf.constant([1, 2], tf.int64), crop, (scale, scale))
+        want_img, want_lbl, valid = augment.scale_crop(
+            tf.constant(image),
+            tf.constant(label),
+            tf.constant([1, 2], tf.int64),
+            crop,
+            (scale, scale),
+        )
         assert bool(np.all(valid.numpy()))
-        got_img, got_lbl = scale_crop_flip(image, label, np.random.default_rng(0), crop, (scale, scale),
-                                           hflip=False)
+        got_img, got_lbl = scale_crop_flip(
+            image, label, np.random.default_rng(0), crop, (scale, scale), hflip=False
+        )
         np.testing.assert_allclose(got_img, normalize(want_img.numpy()), atol=1e-4)
         np.testing.assert_array_equal(got_lbl, want_lbl.numpy())
 
 
 def test_crop_larger_than_the_image_pads_with_mean_colour_and_ignore():
     image, label = _example(20, 30)
-    img, lbl = scale_crop_flip(image, label, np.random.default_rng(3), (32, 48), (1.0, 1.0), hflip=False)
+    img, lbl = scale_crop_flip(
+        image, label, np.random.default_rng(3), (32, 48), (1.0, 1.0), hflip=False
+    )
     assert img.shape == (32, 48, 3) and img.dtype == np.float32 and lbl.dtype == np.int32
     inside = np.argwhere(lbl != IGNORE_LABEL)
     (y0, x0), (y1, x1) = inside.min(0), inside.max(0) + 1
@@ -54,8 +64,12 @@ def test_flip_mirrors_image_and_label_together():
     image, label = _example(16, 24)
     flips = 0
     for seed in range(8):
-        a = scale_crop_flip(image, label, np.random.default_rng(seed), (16, 24), (1.0, 1.0), hflip=True)
-        b = scale_crop_flip(image, label, np.random.default_rng(seed), (16, 24), (1.0, 1.0), hflip=False)
+        a = scale_crop_flip(
+            image, label, np.random.default_rng(seed), (16, 24), (1.0, 1.0), hflip=True
+        )
+        b = scale_crop_flip(
+            image, label, np.random.default_rng(seed), (16, 24), (1.0, 1.0), hflip=False
+        )
         if not np.array_equal(a[1], b[1]):
             flips += 1
             np.testing.assert_array_equal(a[1], b[1][:, ::-1])
@@ -64,18 +78,32 @@ def test_flip_mirrors_image_and_label_together():
 
 
 def test_synthetic_training_batches_are_seeded_and_change_per_epoch():
-    cfg = DataConfig(dataset="synthetic", synthetic_train_size=6, synthetic_val_size=3,
-                     synthetic_image_size=(48, 64), crop_size=(32, 40), scale_min=0.75, scale_max=1.5)
+    cfg = DataConfig(
+        dataset="synthetic",
+        synthetic_train_size=6,
+        synthetic_val_size=3,
+        synthetic_image_size=(48, 64),
+        crop_size=(32, 40),
+        scale_min=0.75,
+        scale_max=1.5,
+    )
     ds = SegmentationPyDataset(cfg, "train", training=True, batch_size=2)
     assert len(ds) == 3 and ds.num_classes == synthetic.dataset_info().num_classes
     x, y = ds[0]
-    assert x.shape == (2, 32, 40, 3) and x.dtype == np.float32 and y.shape == (2, 32, 40) and y.dtype == np.int32
+    assert (
+        x.shape == (2, 32, 40, 3)
+        and x.dtype == np.float32
+        and y.shape == (2, 32, 40)
+        and y.dtype == np.int32
+    )
     assert set(np.unique(y)) <= set(range(ds.num_classes)) | {IGNORE_LABEL}
     again = SegmentationPyDataset(cfg, "train", training=True, batch_size=2)[0]
     np.testing.assert_array_equal(again[0], x)
     ds.on_epoch_end()
     assert not np.array_equal(ds[0][0], x)
-    other = SegmentationPyDataset(dataclasses.replace(cfg, seed=1), "train", training=True, batch_size=2)[0]
+    other = SegmentationPyDataset(
+        dataclasses.replace(cfg, seed=1), "train", training=True, batch_size=2
+    )[0]
     assert not np.array_equal(other[0], x)
 
 
@@ -103,8 +131,14 @@ def test_camvid_and_folder_layouts(tmp_path):
     for split in ("train", "trainannot"):
         (camvid_dir / split).mkdir(parents=True)
     for i in range(3):
-        _write_pair(camvid_dir / "train" / f"f{i}.png", camvid_dir / "trainannot" / f"f{i}.png", 24, 32,
-                    np.arange(12), i)  # 11 = Unlabelled -> ignore
+        _write_pair(
+            camvid_dir / "train" / f"f{i}.png",
+            camvid_dir / "trainannot" / f"f{i}.png",
+            24,
+            32,
+            np.arange(12),
+            i,
+        )  # 11 = Unlabelled -> ignore
     cfg = DataConfig(dataset="camvid", data_dir=str(camvid_dir), crop_size=(16, 16))
     ds = SegmentationPyDataset(cfg, "train", training=True, batch_size=3)
     x, y = ds[0]
@@ -115,8 +149,12 @@ def test_camvid_and_folder_layouts(tmp_path):
     folder_dir = tmp_path / "folder" / "val"
     (folder_dir / "images").mkdir(parents=True)
     (folder_dir / "labels").mkdir()
-    (tmp_path / "folder" / "classes.json").write_text(json.dumps({"names": ["a", "b"], "ignore_label": 9}))
-    _write_pair(folder_dir / "images" / "p.png", folder_dir / "labels" / "p.png", 20, 20, [0, 1, 9], 5)
+    (tmp_path / "folder" / "classes.json").write_text(
+        json.dumps({"names": ["a", "b"], "ignore_label": 9})
+    )
+    _write_pair(
+        folder_dir / "images" / "p.png", folder_dir / "labels" / "p.png", 20, 20, [0, 1, 9], 5
+    )
     _write_pair(folder_dir / "images" / "q.png", folder_dir / "labels" / "q.png", 10, 20, [0, 1], 6)
     cfg = DataConfig(dataset="folder", data_dir=str(tmp_path / "folder"))
     x, y = SegmentationPyDataset(cfg, "val", training=False, batch_size=1)[0]
@@ -126,5 +164,7 @@ def test_camvid_and_folder_layouts(tmp_path):
     with pytest.raises(Exception, match="tf.data"):
         SegmentationPyDataset(dataclasses.replace(cfg, dataset="mapillary"), "val", False, 1)
     with pytest.raises(Exception, match="no label file"):
-        (folder_dir / "images" / "r.png").write_bytes((folder_dir / "images" / "q.png").read_bytes())
+        (folder_dir / "images" / "r.png").write_bytes(
+            (folder_dir / "images" / "q.png").read_bytes()
+        )
         SegmentationPyDataset(cfg, "val", training=False, batch_size=1)

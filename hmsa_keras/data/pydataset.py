@@ -107,8 +107,10 @@ class SegmentationPyDataset(keras.utils.PyDataset):
     def __init__(self, config, split, training, batch_size, steps=None, **kwargs):
         super().__init__(**kwargs)
         if config.dataset not in DATASETS:
-            raise DataError(f"SegmentationPyDataset reads {DATASETS}, not {config.dataset!r}; "
-                            "use hmsa_keras.data.build_dataset (tf.data) for it")
+            raise DataError(
+                f"SegmentationPyDataset reads {DATASETS}, not {config.dataset!r}; "
+                "use hmsa_keras.data.build_dataset (tf.data) for it"
+            )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.config, self.split, self.training = config, split, bool(training)
@@ -131,8 +133,10 @@ class SegmentationPyDataset(keras.utils.PyDataset):
         if self.size <= 0:
             raise DataError(f"{config.dataset} split {split!r} is empty")
         if self.training and self.size < self.batch_size:
-            raise DataError(f"{config.dataset} split {split!r} has {self.size} images, fewer than "
-                            f"one batch of {self.batch_size}")
+            raise DataError(
+                f"{config.dataset} split {split!r} has {self.size} images, fewer than "
+                f"one batch of {self.batch_size}"
+            )
         self.steps = int(steps) if steps else None
         self._order = self._permutation()
 
@@ -161,23 +165,34 @@ class SegmentationPyDataset(keras.utils.PyDataset):
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} of {len(self)}")
         images, labels = [], []
-        for j in range(i * self.batch_size, min((i + 1) * self.batch_size, self.size)
-                       if not self.training else (i + 1) * self.batch_size):
+        for j in range(
+            i * self.batch_size,
+            min((i + 1) * self.batch_size, self.size)
+            if not self.training
+            else (i + 1) * self.batch_size,
+        ):
             index = self._order[j % self.size]
             image, label = self._load(index)
             if self.training:
                 rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 11, self.epoch, j])
-                image, label = scale_crop_flip(image, label, rng, self.config.crop_size,
-                                               (self.config.scale_min, self.config.scale_max),
-                                               self.config.hflip)
+                image, label = scale_crop_flip(
+                    image,
+                    label,
+                    rng,
+                    self.config.crop_size,
+                    (self.config.scale_min, self.config.scale_max),
+                    self.config.hflip,
+                )
             else:
                 image, label = normalize(image), label.astype(np.int32)
             images.append(image)
             labels.append(label)
         shapes = {x.shape for x in images}
         if len(shapes) > 1:
-            raise DataError(f"{self.config.dataset} split {self.split!r}: batch {i} mixes image sizes "
-                            f"{sorted(shapes)}; evaluate with batch_size=1")
+            raise DataError(
+                f"{self.config.dataset} split {self.split!r}: batch {i} mixes image sizes "
+                f"{sorted(shapes)}; evaluate with batch_size=1"
+            )
         return np.stack(images), np.stack(labels)
 
     def on_epoch_end(self):

@@ -47,7 +47,8 @@ class LayerFactory:
 
     def bn(self, name):
         return FusedBatchNormalization(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name)
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn,
+            name=name)
 
     def conv_bn_relu(self, x, filters, kernel_size, name, dilation_rate=1):
         conv = AtrousConv2D if dilation_rate > 1 else keras.layers.Conv2D

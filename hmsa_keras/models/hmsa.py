@@ -129,15 +129,16 @@ class HMSA(keras.Model):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if isinstance(num_classes, int) and num_classes > IGNORE_LABEL:
-            raise ValueError(f"num_classes must be at most {IGNORE_LABEL} (the ignore label must lie "
-                             f"outside [0, num_classes)), got {num_classes}")
+            raise ValueError(f"num_classes must be at most {IGNORE_LABEL} (the ignore label "
+                             f"must lie outside [0, num_classes)), got {num_classes}")
         self.network_config = dict(
             num_classes=num_classes, trunk=trunk, alpha=alpha, output_stride=output_stride,
             weights=weights, bn_momentum=bn_momentum, sync_bn=sync_bn, aspp_channels=aspp_channels,
             decoder_channels=decoder_channels, low_level_channels=low_level_channels,
             attention_head=attention_head, attention_channels=attention_channels,
             aux_head=aux_head, dropout=dropout)
-        self.train_scales = (1.0,) if fusion == "single" else parse_scales(train_scales, "train_scales")
+        self.train_scales = ((1.0,) if fusion == "single"
+                             else parse_scales(train_scales, "train_scales"))
         self.network = build_segmenter(**self.network_config)
         self.num_classes = num_classes
         self.fusion = fusion
@@ -158,7 +159,10 @@ class HMSA(keras.Model):
         outputs = {}
         for s in scales:
             x = images if s == 1.0 else F.resize(images, F.scaled_size(images, s))
-            net = self.network if attention is None or s in attention else self._network_without_attention()
+            if attention is None or s in attention:
+                net = self.network
+            else:
+                net = self._network_without_attention()
             out = net(x, training=training)
             outputs[s] = (out["logits"], out.get("attention_logits"), out.get("aux_logits"))
         return outputs
@@ -170,7 +174,8 @@ class HMSA(keras.Model):
             outputs = {k: v for k, v in self.network.output.items() if k != "attention_logits"}
             view = keras.Model(self.network.input, outputs, name="segmenter_without_attention",
                                dtype=self.network.dtype_policy)
-            object.__setattr__(self, "_without_attention", (self.network, view))  # bypasses tracking
+            # object.__setattr__ bypasses Keras' tracking: the view adds no weights
+            object.__setattr__(self, "_without_attention", (self.network, view))
         return self.__dict__["_without_attention"][1]
 
     def _fuse(self, outputs, size, fusion=None, index=0):
@@ -229,7 +234,9 @@ class HMSA(keras.Model):
             sorted({s for c in chains for s in F.attention_scales(fusion, c)}))
         size = F.spatial_size(images)
         outputs = self.run_scales(images, union, attention=attention)
-        mirrored = self.run_scales(ops.flip(images, axis=2), union, attention=attention) if flip else None
+        mirrored = None
+        if flip:
+            mirrored = self.run_scales(ops.flip(images, axis=2), union, attention=attention)
         results, resized = [], {}
         for chain in chains:
             logits = F.fuse_chain(outputs, chain, fusion, size, mirrored)
@@ -244,7 +251,8 @@ class HMSA(keras.Model):
             results.append(result)
         return results
 
-    def segment(self, images, scales=(0.5, 1.0, 2.0), flip=False, fusion=None, return_details=False):
+    def segment(self, images, scales=(0.5, 1.0, 2.0), flip=False, fusion=None,
+                return_details=False):
         """Inference with one scale chain: ``segment_chains(images, [scales], ...)[0]``."""
         return self.segment_chains(images, [scales], flip, fusion, return_details)[0]
 
@@ -268,7 +276,9 @@ class HMSA(keras.Model):
         from hmsa_keras import losses, metrics
 
         super().compile(optimizer=optimizer, **kwargs)
-        self._loss_fn = loss if callable(loss) else losses.get_loss(loss, class_weights=class_weights)
+        if not callable(loss):
+            loss = losses.get_loss(loss, class_weights=class_weights)
+        self._loss_fn = loss
         self._ce_fn = losses.get_loss("ce", class_weights=class_weights)
         self.aux_weight = aux_weight
         self.scale_loss_weight = scale_loss_weight
@@ -302,7 +312,8 @@ class HMSA(keras.Model):
         if self._has_scale_terms():
             size = F.spatial_size(y_pred["logits"])
             for s in self.train_scales:
-                terms[f"scale_{_key(s)}"] = self._ce_fn(labels, F.resize(y_pred["scale_logits"][_key(s)], size))
+                logits = F.resize(y_pred["scale_logits"][_key(s)], size)
+                terms[f"scale_{_key(s)}"] = self._ce_fn(labels, logits)
         return terms
 
     def total_loss(self, means):
@@ -376,7 +387,8 @@ class HMSA(keras.Model):
         """Freezes the named parts (``trunk``, ``seg_head``, ``attention``); others train."""
         unknown = set(groups) - set(FREEZE_GROUPS)
         if unknown:
-            raise ValueError(f"Unknown freeze group(s) {sorted(unknown)}; allowed: {sorted(FREEZE_GROUPS)}")
+            raise ValueError(f"Unknown freeze group(s) {sorted(unknown)}; "
+                             f"allowed: {sorted(FREEZE_GROUPS)}")
         prefixes = tuple(p for g in groups for p in FREEZE_GROUPS[g])
         for layer in self.network.layers:
             if layer.weights:

@@ -48,7 +48,8 @@ def build_segmenter(
         raise ValueError(f"attention_head must be one of {ATTENTION_HEADS}, got {attention_head!r}")
     layers = heads.LayerFactory(bn_momentum=bn_momentum, sync_bn=sync_bn)
     image = keras.Input((None, None, 3), name="image")
-    low_level, features = build_trunk(trunk, alpha, output_stride, weights, bn_momentum, sync_bn)(image)
+    trunk_model = build_trunk(trunk, alpha, output_stride, weights, bn_momentum, sync_bn)
+    low_level, features = trunk_model(image)
 
     x = heads.aspp(features, layers, output_stride, aspp_channels, dropout)
     decoded = heads.decoder(x, low_level, layers, low_level_channels)

@@ -161,14 +161,17 @@ def _kernel_gradient(x, dy, kernel_shape, rate):
     for i in range(kh):
         for j in range(kw):
             oy, ox = (i - kh // 2) * rate[0], (j - kw // 2) * rate[1]
-            if (static_h is not None and abs(oy) >= static_h) or \
-                    (static_w is not None and abs(ox) >= static_w):
+            if (static_h is not None and abs(oy) >= static_h) or (
+                static_w is not None and abs(ox) >= static_w
+            ):
                 taps.append(tf.zeros([cin, cout], dy.dtype))  # the tap only ever reads padding
                 continue
             with tf.control_dependencies(taps[-1:]):
-                seen = x[:, max(0, oy):end(h, max(0, -oy)), max(0, ox):end(w, max(0, -ox)), :]
-                grad = dy[:, max(0, -oy):end(h, max(0, oy)), max(0, -ox):end(w, max(0, ox)), :]
-            taps.append(tf.matmul(tf.reshape(seen, [-1, cin]), tf.reshape(grad, [-1, cout]),
-                                  transpose_a=True))
+                seen = x[:, max(0, oy) : end(h, max(0, -oy)), max(0, ox) : end(w, max(0, -ox)), :]
+                grad = dy[:, max(0, -oy) : end(h, max(0, oy)), max(0, -ox) : end(w, max(0, ox)), :]
+            taps.append(
+                tf.matmul(
+                    tf.reshape(seen, [-1, cin]), tf.reshape(grad, [-1, cout]), transpose_a=True
+                )
+            )
     return tf.reshape(tf.stack(taps), [kh, kw, cin, cout])
-

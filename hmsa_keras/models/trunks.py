@@ -163,9 +163,11 @@ def build_trunk(
             f"include_top=False): {e}") from e
 
     low_name, high_name = _TAPS[trunk]
-    tapped = keras.Model(base.input, [base.get_layer(low_name).output, base.get_layer(high_name).output])
+    tapped = keras.Model(base.input,
+                         [base.get_layer(low_name).output, base.get_layer(high_name).output])
     converted = keras.models.clone_model(
-        tapped, clone_function=_converter(_dilation_plan(trunk, output_stride), bn_momentum, sync_bn))
+        tapped,
+        clone_function=_converter(_dilation_plan(trunk, output_stride), bn_momentum, sync_bn))
     converted.set_weights(tapped.get_weights())
 
     inputs = keras.Input((None, None, 3), name="image")
