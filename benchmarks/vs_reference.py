@@ -465,23 +465,6 @@ def _portable_dilation():
     return switch()
 
 
-def _keras_batch_norm():
-    import contextlib
-
-    from hmsa_keras.models import batch_norm
-
-    @contextlib.contextmanager
-    def switch():
-        saved = list(batch_norm.ENABLED)
-        batch_norm.ENABLED[:] = [False]
-        try:
-            yield
-        finally:
-            batch_norm.ENABLED[:] = saved
-
-    return switch()
-
-
 def _xla():
     import contextlib
 
@@ -503,7 +486,6 @@ def _xla():
 ABLATIONS = {
     "xla": _xla,  # train step compiled with jit_compile=True (XLA); not an ablation, an option
     "s2b_dilation": _portable_dilation,  # dilated convolutions through SpaceToBatch (before issue 17)
-    "keras_batch_norm": _keras_batch_norm,  # Keras' unfused BatchNormalization (before issue 17)
 }
 
 

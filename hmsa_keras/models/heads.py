@@ -15,7 +15,6 @@ import keras
 
 from hmsa_keras.models import fusion as F
 from hmsa_keras.models.atrous_conv2d import AtrousConv2D
-from hmsa_keras.models.batch_norm import FusedBatchNormalization
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
@@ -46,7 +45,7 @@ class LayerFactory:
         self.bn_epsilon = bn_epsilon
 
     def bn(self, name):
-        return FusedBatchNormalization(
+        return keras.layers.BatchNormalization(
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn,
             name=name)
 

@@ -10,8 +10,6 @@ code beside each call site. What lives here and why:
   ``keras.ops.argmax`` adds a negative-zero fix (``signbit``) that is no TFLite builtin.
 - :func:`dilated_conv2d`: a dilated convolution on TensorFlow's native dilated kernels
   where it has them, with a fast kernel gradient (see :mod:`hmsa_keras.models.atrous_conv2d`).
-- :func:`fused_batch_norm_training`: TensorFlow's fused BatchNorm kernel for training (see
-  :mod:`hmsa_keras.models.batch_norm`).
 - :func:`cholesky`, :func:`cholesky_solve`: ``keras.ops.cholesky`` adds
   ``check_numerics``, which would turn a diverging RMI loss into an exception instead of
   the NaN loss that the trainer reports.
@@ -51,28 +49,6 @@ def cholesky(m):
 
 def cholesky_solve(chol, rhs):
     return tf.linalg.cholesky_solve(chol, rhs)
-
-
-# ----------------------------------------------------------------------- batch norm
-def fused_batch_norm_training(x, gamma, beta, epsilon):
-    """Training-mode batch normalisation of an NHWC ``x`` with TensorFlow's fused kernel.
-
-    Returns ``(y, mean, variance)``: ``y = (x - mean) / sqrt(variance + epsilon) * gamma +
-    beta`` in ``x``'s dtype (statistics in float32, also for bfloat16/float16 ``x``) and the
-    batch mean and *biased* batch variance over (B, H, W), float32, without gradient (for
-    the moving averages). ``FusedBatchNormV3`` reports the Bessel-corrected variance
-    ``n / (n - 1)`` times the biased one (1 times when n = 1); it is converted back. The raw
-    op is called because ``tf.compat.v1.nn.fused_batch_norm`` raises ``epsilon`` to at least
-    1.001e-5. Gradients: TensorFlow's ``FusedBatchNormGradV3`` with respect to ``x``,
-    ``gamma`` and ``beta``."""
-    empty = tf.constant([], tf.float32)
-    y, mean, corrected, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=tf.cast(gamma, tf.float32), offset=tf.cast(beta, tf.float32), mean=empty,
-        variance=empty, epsilon=float(epsilon), exponential_avg_factor=1.0, data_format="NHWC",
-        is_training=True)
-    n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-    variance = corrected * (n - 1.0) / tf.maximum(n, 1.0)  # n = 1: the op reports 0, and so do we
-    return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
 
 
 # ------------------------------------------------------------------ dilated convolution

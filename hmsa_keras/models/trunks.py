@@ -13,9 +13,7 @@ kept and pretrained weights (whose shapes do not change) transfer exactly. The
 layer whose stride was removed keeps the previous rate (torchvision's
 ``replace_stride_with_dilation`` and TF-slim's convention). Dilated ``Conv2D`` layers become
 :class:`~hmsa_keras.models.atrous_conv2d.AtrousConv2D` (same weights; fast gradients under
-TensorFlow, plain ``Conv2D`` on other backends) and ``BatchNormalization`` layers
-:class:`~hmsa_keras.models.batch_norm.FusedBatchNormalization` (same weights; TensorFlow's fused
-kernel in training).
+TensorFlow, plain ``Conv2D`` on other backends).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import numpy as np
 from hmsa_keras.config import OUTPUT_STRIDES, TRUNKS
 from hmsa_keras.conventions import MEAN, STD
 from hmsa_keras.models.atrous_conv2d import AtrousConv2D
-from hmsa_keras.models.batch_norm import FusedBatchNormalization
 
 # name of the stride-4 feature layer and the final feature layer of each trunk
 _TAPS = {
@@ -114,7 +111,6 @@ def _converter(plan, bn_momentum, sync_bn):
         if isinstance(layer, keras.layers.BatchNormalization):
             config["momentum"] = bn_momentum
             config["synchronized"] = sync_bn
-            return FusedBatchNormalization.from_config(config)  # same weights, fused training kernel
         for pattern, (strides, rate) in compiled:
             if not pattern.match(layer.name):
                 continue
