@@ -735,6 +735,7 @@ def main(argv=None):
                         help="also count both graphs' matmul/convolution FLOPs (slow at full size)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round (developer smoke run)")
     parser.add_argument("--out_dir", default=None)
+    parser.add_argument("--tag", default="", help="written as vs_reference_<tag>.json (default vs_reference.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker_opts", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -769,7 +770,7 @@ def main(argv=None):
     out_dir = args.out_dir or (tempfile.mkdtemp(prefix="hmsa_vs_reference_") if args.quick
                                else str(REPO / "benchmarks" / "results"))
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "vs_reference.json")
+    path = os.path.join(out_dir, f"vs_reference_{args.tag}.json" if args.tag else "vs_reference.json")
     log_dir = tempfile.mkdtemp(prefix="hmsa_vs_reference_logs_")
 
     def log(msg):
