@@ -88,8 +88,14 @@ def _backprop_flops(op):
     return 2 * out_grad.num_elements() * per_output
 
 
-def graph_flops(concrete_function) -> int:
+DENSE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", *_BACKPROP)
+
+
+def graph_flops(concrete_function, op_types=None) -> int:
     """Float operations of a concrete function's graph (static shapes needed).
+
+    ``op_types``: count only these op types (e.g. :data:`DENSE_OPS`, the convolutions and
+    matmuls, comparable with ``torch.utils.flop_counter.FlopCounterMode``); default all.
 
     Every op counts with TensorFlow's registered flop statistics (those
     ``tf.compat.v1.profiler``'s ``float_operation()`` sums: Conv2D, depthwise
@@ -100,6 +106,8 @@ def graph_flops(concrete_function) -> int:
     graph = concrete_function.graph
     total = 0
     for op in graph.get_operations():
+        if op_types is not None and op.type not in op_types:
+            continue
         if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul") and not op.outputs[0].shape.is_fully_defined():
             raise ValueError(f"{op.name}: output shape {op.outputs[0].shape} is not static; FLOPs need static shapes")
         if op.type in _BACKPROP:

@@ -8,8 +8,8 @@ code beside each call site. What lives here and why:
   ``tf.image.resize`` with a *dynamic* size (``tf.shape``) exports to SavedModel and
   TFLite, which ``keras.ops.image.resize`` with a symbolic size does not in Keras 3.15;
   ``keras.ops.argmax`` adds a negative-zero fix (``signbit``) that is no TFLite builtin.
-- :func:`dilated_conv2d`: the fast gradients of a dilated convolution (see
-  :mod:`hmsa_keras.models.atrous_conv2d`).
+- :func:`dilated_conv2d`: a dilated convolution on TensorFlow's native dilated kernels
+  where it has them, with a fast kernel gradient (see :mod:`hmsa_keras.models.atrous_conv2d`).
 - :func:`cholesky`, :func:`cholesky_solve`: ``keras.ops.cholesky`` adds
   ``check_numerics``, which would turn a diverging RMI loss into an exception instead of
   the NaN loss that the trainer reports.
@@ -52,18 +52,67 @@ def cholesky_solve(chol, rhs):
 
 
 # ------------------------------------------------------------------ dilated convolution
-def dilated_conv2d(x, kernel, rate):
-    """SAME, stride-1 NHWC convolution with dilation ``rate`` (h, w) and the fast gradients."""
+_NATIVE_DILATION = []  # [] = probe; [True] / [False] forces (tests, benchmark ablations)
+_NATIVE_DILATION_DTYPES = {}  # dtype name -> probed bool
+
+
+def native_dilation(dtype=tf.float32) -> bool:
+    """Whether this TensorFlow runs ``Conv2D`` *and* ``Conv2DBackpropInput`` with dilations
+    natively for ``dtype`` (the oneDNN CPU kernels, TensorFlow's default on x86-64, have
+    float32 and bfloat16; cuDNN on GPU).
+
+    Probed once per dtype, eagerly, on a 5x5 tensor: TensorFlow's own Eigen CPU kernels
+    (float64, or any dtype with ``TF_ENABLE_ONEDNN_OPTS=0``) run a dilated ``Conv2D`` forward
+    but reject ``Conv2DBackpropInput`` with dilations ("Current CPU implementations do not
+    yet support dilation rates larger than 1"). ``_NATIVE_DILATION = [bool]`` overrides."""
+    if _NATIVE_DILATION:
+        return _NATIVE_DILATION[0]
+    dtype = tf.as_dtype(dtype)
+    if dtype.name not in _NATIVE_DILATION_DTYPES:
+        with tf.init_scope():
+            try:
+                ones = tf.ones([1, 5, 5, 1], dtype)
+                tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 5, 5, 1], filter=tf.ones([3, 3, 1, 1], dtype),
+                                               out_backprop=ones, strides=[1, 1, 1, 1], padding="SAME",
+                                               dilations=[1, 2, 2, 1])
+                _NATIVE_DILATION_DTYPES[dtype.name] = True
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError):
+                _NATIVE_DILATION_DTYPES[dtype.name] = False
+    return _NATIVE_DILATION_DTYPES[dtype.name]
+
+
+def dilated_conv2d(x, kernel, rate, native=None):
+    """SAME, stride-1 NHWC convolution with dilation ``rate`` (h, w) and the fast gradients.
+
+    ``native`` (default :func:`native_dilation` of ``x``'s dtype): the forward pass and the input gradient
+    are TensorFlow's dilated ``Conv2D`` / ``Conv2DBackpropInput`` ops, which oneDNN runs
+    directly and which skip the kernel taps that only read padding. Not
+    ``tf.nn.convolution``: for a dilation it goes through SpaceToBatch -> Conv2D ->
+    BatchToSpace, which pads the map to a multiple of the rate and convolves ``rate**2``
+    tiny images; a ResNet-50 ASPP branch at rate 36 on a 32x64 map took 22x the native time
+    (benchmarks/profiling/dilated_conv_ops.py). Without native kernels, the forward pass is
+    ``tf.nn.convolution`` and the input gradient a dilated convolution of the output
+    gradient with the flipped, in/out-transposed kernel. The kernel gradient is
+    :func:`_kernel_gradient` in both cases (faster than ``Conv2DBackpropFilter``)."""
     x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
-    rate = list(rate)
+    rate = [int(r) for r in rate]
+    native = native_dilation(x.dtype) if native is None else native
 
     @tf.custom_gradient
     def conv(x, kernel):
-        y = tf.nn.convolution(x, kernel, padding="SAME", dilations=rate)
+        if native:
+            y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME", dilations=rate)
+        else:
+            y = tf.nn.convolution(x, kernel, padding="SAME", dilations=rate)
 
         def grad(dy):
-            flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
-            dx = tf.nn.convolution(dy, flipped, padding="SAME", dilations=rate)
+            if native:
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=[1, 1, 1, 1],
+                    padding="SAME", dilations=[1, *rate, 1])
+            else:
+                flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
+                dx = tf.nn.convolution(dy, flipped, padding="SAME", dilations=rate)
             return dx, _kernel_gradient(x, dy, kernel.shape, rate)
 
         return y, grad

@@ -84,11 +84,28 @@ def test_step(model, data):
     return {m.name: m.result() for m in model.metrics}
 
 
+# How the training step is compiled. ``jit_compile=False``: XLA on CPU runs convolutions
+# without oneDNN and measured slower (docs/benchmarks.md, "Against the PyTorch reference").
+TRAIN_STEP_OPTIONS = {"jit_compile": False}
+
+
+def train_step_options():
+    """The ``tf.function`` options :func:`compile_train_step` and :func:`make_train_function`
+    compile with (:data:`TRAIN_STEP_OPTIONS`; recorded by the benchmarks)."""
+    return dict(TRAIN_STEP_OPTIONS)
+
+
+def compile_train_step(model):
+    """``model.train_step`` compiled as the trainer compiles it, for one device: a callable
+    taking one ``(images, labels)`` batch and returning the logs (benchmarks, tests)."""
+    return tf.function(model.train_step, **train_step_options())
+
+
 def make_train_function(model, strategy, steps_per_call=1):
     """Returns a tf.function(iterator) running ``steps_per_call`` train steps; the logs
     it returns are the trackers' global means (read in cross-replica context)."""
 
-    @tf.function
+    @tf.function(**train_step_options())
     def train(iterator):
         for _ in tf.range(steps_per_call):
             strategy.run(model.train_step, args=(next(iterator),))
