@@ -114,6 +114,8 @@ def test_three_scale_fused_loss_matches_hand_computed_chain(three_scale_model, m
     sizes = {0.5: (h // 2, w // 2), 1.0: (h, w), 2.0: (2 * h, 2 * w)}
     outs = {s: {n: rng.standard_normal((b, *hw, c)).astype(np.float32) for n, c in
                 (("logits", k), ("attn", 1), ("aux", k))} for s, hw in sizes.items()}
+    for s in outs:  # the segmenter's attention output is a probability
+        outs[s]["attn"] = _sigmoid(outs[s]["attn"])
     labels = rng.integers(0, k, (b, h, w)).astype(np.int32)
     labels[rng.random(labels.shape) < 0.25] = 255
     seen = {}
@@ -131,7 +133,7 @@ def test_three_scale_fused_loss_matches_hand_computed_chain(three_scale_model, m
     assert seen["attention"] is None or tuple(seen["attention"]) == (0.5, 1.0)
 
     def chain(name):
-        a1, a05 = _sigmoid(outs[1.0]["attn"]), _sigmoid(outs[0.5]["attn"])
+        a1, a05 = outs[1.0]["attn"], outs[0.5]["attn"]  # the segmenter's attention: sigmoid
         p = a1 * outs[1.0][name] + (1 - a1) * _bilinear(outs[2.0][name], (h, w))
         return _bilinear(a05 * outs[0.5][name], (h, w)) + (1 - _bilinear(a05, (h, w))) * p
 
