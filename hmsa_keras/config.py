@@ -35,6 +35,7 @@ HEADS = ("deeplabv3plus", "ocr")
 OUTPUT_STRIDES = (8, 16)
 FUSIONS = ("hierarchical", "explicit", "mean", "max", "single")
 ATTENTION_HEADS = ("conv", "deconv")
+ATTENTION_BN = ("all_scales", "fused_scales")
 DATASETS = ("synthetic", "camvid", "cityscapes", "cityscapes_tfds", "mapillary", "folder")
 VALIDATE_LEVELS = ("paths", "headers", "full")
 LOSSES = ("ce", "rmi")
@@ -104,6 +105,11 @@ class ModelConfig:
                          "scales), mean, max, single (one scale).", choices=FUSIONS)
     train_scales: Tuple[float, ...] = option((0.5, 1.0), "Scales run in training (HMSA: 0.5,1.0).",
                                              kind="scales")
+    attention_bn: str = option(
+        "all_scales", "Where the attention head runs in training: all_scales (the reference's "
+        "two_scale_forward: its BatchNorm statistics see every training scale; the unread "
+        "attention takes no gradient) or fused_scales (only where the fusion reads it: cheaper, "
+        "statistics of those scales only).", choices=ATTENTION_BN)
     head: Optional[str] = option(
         None, "Segmentation head: deeplabv3plus (ASPP + decoder) or ocr (object-contextual "
         "representations). Default: the trunk's own: ocr for hrnetv2_w48, deeplabv3plus otherwise.",

@@ -1,5 +1,4 @@
-"""AtrousConv2D: same outputs and gradients as keras.layers.Conv2D, used where dilation is;
-and the attention head runs only at the scales whose attention a fusion reads."""
+"""AtrousConv2D: same outputs and gradients as keras.layers.Conv2D, used where dilation is."""
 
 import numpy as np
 import pytest
@@ -125,35 +124,3 @@ def test_segmenter_uses_it_for_every_dilated_conv2d():
     assert all(type(layer) is AtrousConv2D for layer in dilated), [
         type(x).__name__ for x in dilated
     ]
-
-
-@pytest.mark.parametrize(
-    "fusion, scales, moved", [("single", (1.0,), False), ("hierarchical", (0.5, 1.0), True)]
-)
-def test_attention_head_runs_only_where_the_fusion_reads_it(fusion, scales, moved):
-    """Single-scale training never runs the attention head (its BatchNorm statistics stay
-    put); hierarchical training runs it at 0.5 only, and run_scales says so with None."""
-    import keras
-    import tensorflow as tf
-
-    import hmsa_keras
-    from hmsa_keras.models import fusion as F
-
-    keras.utils.set_random_seed(0)
-    model = hmsa_keras.build_model(num_classes=3, fusion=fusion, train_scales=scales, **TINY)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="ce")
-    images = tf.random.stateless_normal((2, 64, 64, 3), seed=(1, 1))
-    labels = tf.random.stateless_uniform((2, 64, 64), seed=(2, 2), maxval=3, dtype=tf.int32)
-    attn_bn = model.network.get_layer("attn_1_bn")
-    seg_bn = model.network.get_layer("seg_1_bn")
-    before = attn_bn.moving_mean.numpy().copy(), seg_bn.moving_mean.numpy().copy()
-    tf.function(model.train_step)((images, labels))
-    assert not np.allclose(seg_bn.moving_mean.numpy(), before[1])
-    assert np.allclose(attn_bn.moving_mean.numpy(), before[0]) != moved
-
-    outputs = model.run_scales(images, scales, attention=F.attention_scales(fusion, scales))
-    assert [s for s, o in outputs.items() if o[1] is not None] == list(
-        F.attention_scales(fusion, scales)
-    )
-    assert F.attention_scales("explicit", (0.5, 1.0, 2.0)) == (0.5, 1.0, 2.0)
-    assert len(model.weights) == len({id(w) for w in model.weights})  # the view adds no weights

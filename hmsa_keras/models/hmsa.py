@@ -23,7 +23,7 @@ import keras
 from keras import ops
 
 from hmsa_keras import backend
-from hmsa_keras.config import FUSIONS
+from hmsa_keras.config import ATTENTION_BN, FUSIONS
 from hmsa_keras.conventions import IGNORE_LABEL, min_size_problem, parse_scales
 from hmsa_keras.models import fusion as F
 from hmsa_keras.models.segmenter import build_segmenter, resolve_head
@@ -100,6 +100,14 @@ class HMSA(keras.Model):
         reference ``MSCALE_LO_SCALE`` 0.5 with 1.0), parsed by
         :func:`hmsa_keras.conventions.parse_scales` (finite, > 0, distinct; sorted);
         ``(1.0,)`` whatever is given when ``fusion="single"``.
+      attention_bn: where the attention head runs in training. ``"all_scales"`` (default,
+        the reference's ``network/mscale.py: two_scale_forward``, whose ``_fwd`` computes the
+        attention at every scale): the head runs at every training scale, so its BatchNorm
+        moving statistics average the features of every scale, including the 1.0x ones the
+        inference chain 0.5,1.0,2.0 reads; the attention the fusion does not read contributes
+        no gradient. ``"fused_scales"``: only at the scales whose attention the fusion reads
+        (:func:`hmsa_keras.models.fusion.attention_scales`), which saves the head's forward
+        pass at the largest scale. No effect with ``fusion="single"`` (no attention).
       head: ``"deeplabv3plus"`` or ``"ocr"``; default None: the trunk's own (``"ocr"`` for
         ``"hrnetv2_w48"``, reference ``network/ocrnet.py: HRNet_Mscale``; DeepLabV3+ otherwise).
         The OCR head always has its auxiliary output (its soft object regions).
@@ -122,10 +130,12 @@ class HMSA(keras.Model):
                  low_level_channels=48, attention_head="conv", attention_channels=256,
                  aux_head=False, dropout=0.0, fusion="hierarchical", train_scales=(0.5, 1.0),
                  head=None, hrnet_width=48, ocr_mid_channels=512, ocr_key_channels=256,
-                 ocr_dropout=0.05, **kwargs):
+                 ocr_dropout=0.05, attention_bn="all_scales", **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if attention_bn not in ATTENTION_BN:
+            raise ValueError(f"attention_bn must be one of {ATTENTION_BN}, got {attention_bn!r}")
         if isinstance(num_classes, int) and num_classes > IGNORE_LABEL:
             raise ValueError(f"num_classes must be at most {IGNORE_LABEL} (the ignore label "
                              f"must lie outside [0, num_classes)), got {num_classes}")
@@ -145,6 +155,7 @@ class HMSA(keras.Model):
         self.network = build_segmenter(**self.network_config)
         self.num_classes = num_classes
         self.fusion = fusion
+        self.attention_bn = attention_bn
         self._loss_fn = None
         self._last_loss_training = True
         self.built = True  # every weight exists once the segmenter is built
@@ -169,6 +180,16 @@ class HMSA(keras.Model):
             out = net(x, training=training)
             outputs[s] = (out["logits"], out.get("attention"), out.get("aux_logits"))
         return outputs
+
+    def _attention_run_scales(self, training):
+        """The scales at which the forward pass runs the attention head (see ``attention_bn``):
+        every training scale in training with ``"all_scales"`` (for the BatchNorm statistics;
+        the unread outputs are simply not used, so they take no gradient), else only those the
+        fusion reads."""
+        read = F.attention_scales(self.fusion, self.train_scales)
+        if training and read and self.attention_bn == "all_scales":
+            return tuple(self.train_scales)
+        return read
 
     def _network_without_attention(self):
         """The segmenter minus its attention head: same layers and weights, not tracked twice."""
@@ -195,7 +216,7 @@ class HMSA(keras.Model):
           that scale's size (keys ``f"{scale:g}"``).
         """
         outputs = self.run_scales(images, self.train_scales, training,
-                                  F.attention_scales(self.fusion, self.train_scales))
+                                  self._attention_run_scales(training))
         size = F.spatial_size(images)
         result = {"logits": self._fuse(outputs, size)}
         if self.network_config["aux_head"]:
@@ -403,7 +424,8 @@ class HMSA(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(self.network_config, fusion=self.fusion, train_scales=list(self.train_scales))
+        config.update(self.network_config, fusion=self.fusion, train_scales=list(self.train_scales),
+                      attention_bn=self.attention_bn)
         return config
 
     @classmethod
