@@ -3,7 +3,7 @@
 The Keras backend is fixed per process, so this (TensorFlow) process builds a tiny model,
 saves it, and tests/helpers/jax_driver.py loads it under KERAS_BACKEND=jax in a process
 where TensorFlow cannot be imported, writing its results to an .npz. Needs JAX
-(``pip install "jax[cpu]"``); skipped without it.
+(``pip install -e ".[jax]"``); skipped without it.
 """
 
 import importlib.util
@@ -19,7 +19,7 @@ from tests.conftest import REPO, TINY
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed"),
+    pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed (pip install -e \".[jax]\")"),
 ]
 
 HELPERS = REPO / "tests" / "helpers"
