@@ -37,7 +37,12 @@ setup(
         "convert": ["torch>=2.1"],  # hmsa-convert reading .pth checkpoints (docs/hrnet_ocr.md)
         # Keras' JAX backend (docs/backends.md); tests/test_backends.py skips without it
         "jax": ["jax[cpu]>=0.10,<0.11"],
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "cityscapesscripts>=2.2,<3", "importlib_resources>=6"],
+        "test": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3,<3",
+            "cityscapesscripts>=2.2,<3",
+            "importlib_resources>=6",
+        ],
     },
     entry_points={
         "console_scripts": [

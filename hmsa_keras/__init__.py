@@ -44,8 +44,16 @@ _LAZY = {
     "export_saved_model": ("hmsa_keras.export", "export_saved_model"),
 }
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "build_model", "load_model", "segment_image",
-           "__version__", *_LAZY]
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "build_model",
+    "load_model",
+    "segment_image",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name):

@@ -22,13 +22,17 @@ def build_model(config: ModelConfig | None = None, **overrides):
     fields = dataclasses.asdict(config) if config is not None else {}
     fields.update(overrides)
     if fields.get("num_classes") is None:
-        raise ValueError("build_model: num_classes is required (hmsa-train takes it from the dataset)")
+        raise ValueError(
+            "build_model: num_classes is required (hmsa-train takes it from the dataset)"
+        )
     if fields.get("sync_bn") is None:
         fields["sync_bn"] = False  # one replica; the trainer resolves it from the replica count
     unknown = set(fields) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
-        raise ValueError(f"Unknown model option(s) {sorted(unknown)}; allowed: "
-                         f"{sorted(f.name for f in dataclasses.fields(ModelConfig))}")
+        raise ValueError(
+            f"Unknown model option(s) {sorted(unknown)}; allowed: "
+            f"{sorted(f.name for f in dataclasses.fields(ModelConfig))}"
+        )
     return HMSA(**fields)
 
 
@@ -38,9 +42,13 @@ def resolve_model_path(path: str) -> str:
         for name in (BEST_MODEL, LAST_MODEL):
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
-        raise FileNotFoundError(f"{path!r} holds no {BEST_MODEL} or {LAST_MODEL}: is it a training directory?")
+        raise FileNotFoundError(
+            f"{path!r} holds no {BEST_MODEL} or {LAST_MODEL}: is it a training directory?"
+        )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No model at {path!r} (expected a .keras file or a training directory)")
+        raise FileNotFoundError(
+            f"No model at {path!r} (expected a .keras file or a training directory)"
+        )
     return path
 
 

@@ -71,7 +71,9 @@ def parse_sweep(text: str, what: str = "--sweep") -> List[Chain]:
     parsed by :func:`parse_scales`). Raises ValueError for an empty sweep or a repeated chain."""
     chains = [parse_scales(part, what) for part in text.split(";") if part.strip()]
     if not chains:
-        raise ValueError(f"{what}: empty sweep {text!r}; give chains separated by ';', e.g. \"1.0;0.5,1.0\"")
+        raise ValueError(
+            f"{what}: empty sweep {text!r}; give chains separated by ';', e.g. \"1.0;0.5,1.0\""
+        )
     if len(set(chains)) != len(chains):
         raise ValueError(f"{what}: the sweep lists a chain twice: {text!r}")
     return chains
@@ -87,7 +89,9 @@ def chain_tag(scales: Sequence[float], flip: bool = False) -> str:
     return "s" + "-".join(f"{float(s):g}" for s in scales) + ("_flip" if flip else "")
 
 
-def parse_hw(value: Union[str, Sequence[int], None], what: str = "size") -> Optional[Tuple[int, int]]:
+def parse_hw(
+    value: Union[str, Sequence[int], None], what: str = "size"
+) -> Optional[Tuple[int, int]]:
     """``"512x1024"``, ``"512,1024"``, ``"512"`` (square) or ``(512, 1024)`` -> ``(512, 1024)``.
 
     ``None``, ``""``, ``"0"`` and ``"none"`` give ``None`` (no size). Raises ValueError
@@ -107,7 +111,9 @@ def parse_hw(value: Union[str, Sequence[int], None], what: str = "size") -> Opti
     except (TypeError, ValueError):
         numbers = []
     if len(numbers) not in (1, 2) or any(n != int(n) or n < 1 for n in numbers):
-        raise ValueError(f"{what}: expected HxW such as 512x1024 (or one number for a square), got {value!r}")
+        raise ValueError(
+            f"{what}: expected HxW such as 512x1024 (or one number for a square), got {value!r}"
+        )
     h, w = (int(numbers[0]), int(numbers[-1]))
     return h, w
 
@@ -143,9 +149,11 @@ def min_size_problem(height: int, width: int, scales: Sequence[float]) -> Option
         h, w = scaled_side(height, s), scaled_side(width, s)
         if min(h, w) < MIN_SIDE:
             need = min_input_side([s])
-            return (f"image of {height}x{width} (HxW) is {h}x{w} at scale {s:g}: every side must be at "
-                    f"least {MIN_SIDE} pixels at every scale of the chain, i.e. at least {need} pixels "
-                    f"at scale {s:g}; use a larger image or drop scale {s:g}")
+            return (
+                f"image of {height}x{width} (HxW) is {h}x{w} at scale {s:g}: every side must be at "
+                f"least {MIN_SIDE} pixels at every scale of the chain, i.e. at least {need} pixels "
+                f"at scale {s:g}; use a larger image or drop scale {s:g}"
+            )
     return None
 
 
@@ -157,6 +165,18 @@ def check_min_size(height: int, width: int, scales: Sequence[float], name: str =
 
 
 __all__ = [
-    "Chain", "IGNORE_LABEL", "MEAN", "MIN_SIDE", "STD", "chain_name", "chain_tag", "check_min_size",
-    "min_input_side", "min_size_problem", "parse_hw", "parse_scales", "parse_sweep", "scaled_side",
+    "Chain",
+    "IGNORE_LABEL",
+    "MEAN",
+    "MIN_SIDE",
+    "STD",
+    "chain_name",
+    "chain_tag",
+    "check_min_size",
+    "min_input_side",
+    "min_size_problem",
+    "parse_hw",
+    "parse_scales",
+    "parse_sweep",
+    "scaled_side",
 ]

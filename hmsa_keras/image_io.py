@@ -31,9 +31,13 @@ from PIL import Image, ImageOps
 EXIF_ORIENTATION = 0x0112
 # What each EXIF orientation value does to the stored pixels to show them upright.
 ORIENTATIONS = {
-    2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom",
-    5: "transposed (mirrored and rotated 90 degrees)", 6: "rotated 90 degrees clockwise",
-    7: "transversed (mirrored and rotated 90 degrees)", 8: "rotated 90 degrees counter-clockwise",
+    2: "mirrored left-right",
+    3: "rotated 180 degrees",
+    4: "mirrored top-bottom",
+    5: "transposed (mirrored and rotated 90 degrees)",
+    6: "rotated 90 degrees clockwise",
+    7: "transversed (mirrored and rotated 90 degrees)",
+    8: "rotated 90 degrees counter-clockwise",
 }
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -66,7 +70,9 @@ def upright(image: Image.Image) -> Tuple[Image.Image, int]:
     return ImageOps.exif_transpose(image), orientation
 
 
-def to_rgb(image: Image.Image, name: str = "<image>") -> Tuple[np.ndarray, Optional[Tuple[int, int]]]:
+def to_rgb(
+    image: Image.Image, name: str = "<image>"
+) -> Tuple[np.ndarray, Optional[Tuple[int, int]]]:
     """The rule (module docstring) on an opened, upright Pillow image.
 
     Returns (uint8 RGB ``[H, W, 3]``, (min, max) of the stored values of a 16/32-bit grey
@@ -76,17 +82,23 @@ def to_rgb(image: Image.Image, name: str = "<image>") -> Tuple[np.ndarray, Optio
         values = np.asarray(image)
         lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
         if lo < 0 or hi > 65535:
-            raise ValueError(f"{name}: 32-bit integer image (mode {image.mode}) with values {lo}..{hi}, "
-                             "outside 0..65535: its range is ambiguous; convert it to 8-bit RGB first")
+            raise ValueError(
+                f"{name}: 32-bit integer image (mode {image.mode}) with values {lo}..{hi}, "
+                "outside 0..65535: its range is ambiguous; convert it to 8-bit RGB first"
+            )
         grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1), (lo, hi)
     if image.mode == "F":
-        raise ValueError(f"{name}: 32-bit float image (mode F): its range is ambiguous; convert it to "
-                         "8-bit RGB first")
+        raise ValueError(
+            f"{name}: 32-bit float image (mode F): its range is ambiguous; convert it to "
+            "8-bit RGB first"
+        )
     try:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
     except ValueError as exc:
-        raise ValueError(f"{name}: image mode {image.mode!r} cannot be converted to RGB ({exc})") from None
+        raise ValueError(
+            f"{name}: image mode {image.mode!r} cannot be converted to RGB ({exc})"
+        ) from None
     return np.asarray(rgb, np.uint8), None
 
 
@@ -106,7 +118,9 @@ def read_image(path) -> np.ndarray:
             raise
         raise ValueError(f"{name}: not a readable image ({exc})") from None
     except Exception as exc:  # Pillow raises several types for bad files
-        raise ValueError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+        raise ValueError(
+            f"{name}: not a readable image ({exc.__class__.__name__}: {exc})"
+        ) from None
 
 
 def needs_conversion(path) -> bool:
@@ -115,8 +129,12 @@ def needs_conversion(path) -> bool:
     clients then send the file's own bytes, else a re-encoded PNG)."""
     try:
         with Image.open(path) as image:
-            return not (image.format in ("PNG", "JPEG") and image.mode == "RGB"
-                        and exif_orientation(image) == 1 and "transparency" not in image.info)
+            return not (
+                image.format in ("PNG", "JPEG")
+                and image.mode == "RGB"
+                and exif_orientation(image) == 1
+                and "transparency" not in image.info
+            )
     except Exception:
         return True
 
@@ -138,5 +156,15 @@ def image_bytes(path) -> bytes:
         return f.read()
 
 
-__all__ = ["EXIF_ORIENTATION", "ORIENTATIONS", "SIXTEEN_BIT_MODES", "encode_png", "exif_orientation",
-           "image_bytes", "needs_conversion", "read_image", "to_rgb", "upright"]
+__all__ = [
+    "EXIF_ORIENTATION",
+    "ORIENTATIONS",
+    "SIXTEEN_BIT_MODES",
+    "encode_png",
+    "exif_orientation",
+    "image_bytes",
+    "needs_conversion",
+    "read_image",
+    "to_rgb",
+    "upright",
+]

@@ -58,25 +58,34 @@ def check_image(image, name: str = "image") -> np.ndarray:
     """
     expected = f"{name}: expected one RGB image [height, width, 3]"
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        raise ValueError(f"{expected}, got a path {image!r}; read the file first: "
-                         "hmsa_keras.data.io.read_image(path) (RGB uint8, EXIF orientation "
-                         "applied)")
+        raise ValueError(
+            f"{expected}, got a path {image!r}; read the file first: "
+            "hmsa_keras.data.io.read_image(path) (RGB uint8, EXIF orientation "
+            "applied)"
+        )
     image = np.asarray(image)
     shape = tuple(image.shape)
     if image.ndim == 4 and shape[-1] == 3:
-        raise ValueError(f"{expected}, got a batch of shape {shape}; segment the images one by "
-                         "one, e.g. image[0]")
+        raise ValueError(
+            f"{expected}, got a batch of shape {shape}; segment the images one by "
+            "one, e.g. image[0]"
+        )
     if image.ndim == 2 or (image.ndim == 3 and shape[-1] == 1):
-        raise ValueError(f"{expected}, got a greyscale array of shape {shape}; repeat it to three "
-                         "channels: np.repeat(x.reshape(x.shape[0], x.shape[1], 1), 3, axis=-1)")
+        raise ValueError(
+            f"{expected}, got a greyscale array of shape {shape}; repeat it to three "
+            "channels: np.repeat(x.reshape(x.shape[0], x.shape[1], 1), 3, axis=-1)"
+        )
     if image.ndim == 3 and shape[-1] == 4:
-        raise ValueError(f"{expected}, got 4 channels {shape} (RGBA?); drop the alpha channel: "
-                         "x[..., :3]")
+        raise ValueError(
+            f"{expected}, got 4 channels {shape} (RGBA?); drop the alpha channel: x[..., :3]"
+        )
     if image.ndim != 3 or shape[-1] != 3:
         raise ValueError(f"{expected}, got shape {shape}")
     if image.dtype != np.uint8:
-        raise ValueError(f"{name}: expected dtype uint8 (RGB pixels 0..255), got {image.dtype}"
-                         f"{_value_range(image)}; {_conversion_hint(image.dtype)}")
+        raise ValueError(
+            f"{name}: expected dtype uint8 (RGB pixels 0..255), got {image.dtype}"
+            f"{_value_range(image)}; {_conversion_hint(image.dtype)}"
+        )
     if min(shape[:2]) < 1:
         raise ValueError(f"{name}: empty image of shape {shape}")
     return image
@@ -93,12 +102,16 @@ def _value_range(image) -> str:
 
 def _conversion_hint(dtype) -> str:
     if np.issubdtype(dtype, np.floating):
-        return ("convert it yourself, knowing its range: (x * 255).round().astype(np.uint8) for "
-                "floats in [0, 1], x.round().clip(0, 255).astype(np.uint8) for floats in [0, 255]")
+        return (
+            "convert it yourself, knowing its range: (x * 255).round().astype(np.uint8) for "
+            "floats in [0, 1], x.round().clip(0, 255).astype(np.uint8) for floats in [0, 255]"
+        )
     if np.issubdtype(dtype, np.integer):
-        return ("for 16-bit pixels use (x >> 8).astype(np.uint8), the rule "
-                "hmsa_keras.data.io.read_image applies to 16-bit files (or rescale 12-bit data "
-                "yourself)")
+        return (
+            "for 16-bit pixels use (x >> 8).astype(np.uint8), the rule "
+            "hmsa_keras.data.io.read_image applies to 16-bit files (or rescale 12-bit data "
+            "yourself)"
+        )
     return "convert it to uint8 RGB first"
 
 
@@ -122,13 +135,16 @@ def compiled_segment(model, scales, flip=False, return_details=False):
     key = (conventions.parse_scales(scales), bool(flip), bool(return_details))
     per_model = _COMPILED.setdefault(model, {})
     if key not in per_model:
+
         def call(images):
             return model.segment(images, key[0], key[1], return_details=key[2])
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            call = tf.function(call, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+            call = tf.function(
+                call, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+            )
         per_model[key] = call
     return per_model[key]
 
@@ -150,8 +166,10 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1):
         raise ValueError(f"tile overlap must be in [0, tile size {tile}), got {overlap}")
     stride = (tile - overlap) // max(int(align), 1) * max(int(align), 1)
     if stride < 1:
-        raise ValueError(f"tile {tile} with overlap {overlap} leaves no stride that is a multiple of "
-                         f"align={align}: lower the overlap or the alignment")
+        raise ValueError(
+            f"tile {tile} with overlap {overlap} leaves no stride that is a multiple of "
+            f"align={align}: lower the overlap or the alignment"
+        )
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return sorted(set(starts))
@@ -171,7 +189,7 @@ def window_1d(tile: int, start: int, length: int, overlap: int, blend: str) -> n
         hi = 0 if start + tile >= length else overlap - overlap // 2
         w[:lo] = 0.0
         if hi:
-            w[tile - hi:] = 0.0
+            w[tile - hi :] = 0.0
         return w
     raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
 
@@ -182,8 +200,11 @@ def _run(model, batch, scales, flip, details):
     logits = _numpy(out["logits"])
     if not details:
         return logits, {}, {}
-    return (logits, {s: _numpy(v) for s, v in out["scale_logits"].items()},
-            {s: _numpy(a)[..., 0] for s, a in out["attention"].items()})
+    return (
+        logits,
+        {s: _numpy(v) for s, v in out["scale_logits"].items()},
+        {s: _numpy(a)[..., 0] for s, a in out["attention"].items()},
+    )
 
 
 def _segment_tiled(model, x, tile, overlap, scales, flip, blend, align, tile_batch, details):
@@ -192,24 +213,38 @@ def _segment_tiled(model, x, tile, overlap, scales, flip, blend, align, tile_bat
     th, tw = min(tile[0], h), min(tile[1], w)
     if th == h and tw == w:  # one tile: the whole-image call itself
         logits, scale_logits, attention = _run(model, x[None], scales, flip, details)
-        return logits[0], {s: v[0] for s, v in scale_logits.items()}, {s: a[0] for s, a in attention.items()}, 1
-    positions = [(y, x0) for y in tile_starts(h, th, overlap, align) for x0 in tile_starts(w, tw, overlap, align)]
+        return (
+            logits[0],
+            {s: v[0] for s, v in scale_logits.items()},
+            {s: a[0] for s, a in attention.items()},
+            1,
+        )
+    positions = [
+        (y, x0)
+        for y in tile_starts(h, th, overlap, align)
+        for x0 in tile_starts(w, tw, overlap, align)
+    ]
     acc = weight = None
     step = max(int(tile_batch), 1)
     for i in range(0, len(positions), step):
-        group = positions[i:i + step]
-        batch = np.stack([x[y:y + th, x0:x0 + tw] for y, x0 in group])
+        group = positions[i : i + step]
+        batch = np.stack([x[y : y + th, x0 : x0 + tw] for y, x0 in group])
         logits, scale_logits, attention = _run(model, batch, scales, flip, details)
-        parts = {"logits": logits, **{("scale", s): v for s, v in scale_logits.items()},
-                 **{("attention", s): a[..., None] for s, a in attention.items()}}
+        parts = {
+            "logits": logits,
+            **{("scale", s): v for s, v in scale_logits.items()},
+            **{("attention", s): a[..., None] for s, a in attention.items()},
+        }
         if acc is None:
             acc = {k: np.zeros((h, w, v.shape[-1]), np.float32) for k, v in parts.items()}
             weight = np.zeros((h, w, 1), np.float32)
         for j, (y, x0) in enumerate(group):
-            wgt = np.outer(window_1d(th, y, h, overlap, blend), window_1d(tw, x0, w, overlap, blend))[..., None]
-            weight[y:y + th, x0:x0 + tw] += wgt
+            wgt = np.outer(
+                window_1d(th, y, h, overlap, blend), window_1d(tw, x0, w, overlap, blend)
+            )[..., None]
+            weight[y : y + th, x0 : x0 + tw] += wgt
             for k, v in parts.items():
-                acc[k][y:y + th, x0:x0 + tw] += v[j] * wgt
+                acc[k][y : y + th, x0 : x0 + tw] += v[j] * wgt
     if not (weight > 0).all():  # cannot happen with the windows above; guard anyway
         raise RuntimeError("tiling left pixels without any weight")
     out = {k: v / weight for k, v in acc.items()}
@@ -219,10 +254,19 @@ def _segment_tiled(model, x, tile, overlap, scales, flip, blend, align, tile_bat
 
 
 # ----------------------------------------------------------------------------- the entry point
-def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip: bool = False,
-                  return_details: bool = False, tile_size=None, tile_overlap: int = 128,
-                  tile_blend: str = "gaussian", tile_align: int = 1, tile_batch: int = 1,
-                  name: str = "image") -> dict:
+def segment_image(
+    model,
+    image,
+    scales: Sequence[float] = (0.5, 1.0, 2.0),
+    flip: bool = False,
+    return_details: bool = False,
+    tile_size=None,
+    tile_overlap: int = 128,
+    tile_blend: str = "gaussian",
+    tile_align: int = 1,
+    tile_batch: int = 1,
+    name: str = "image",
+) -> dict:
     """Segments one RGB image with any chain of scales, optionally tile by tile.
 
     Args:
@@ -256,18 +300,36 @@ def segment_image(model, image, scales: Sequence[float] = (0.5, 1.0, 2.0), flip:
     tile = conventions.parse_hw(tile_size, "tile_size") or image.shape[:2]
     cut = [t for t, side in zip(tile, image.shape[:2]) if t < side]  # axes that are really tiled
     if cut and not 0 <= tile_overlap < min(cut):
-        raise ValueError(f"tile_overlap must be in [0, {min(cut)}) for tiles of {tile[0]}x{tile[1]} on an "
-                         f"image of {image.shape[0]}x{image.shape[1]}, got {tile_overlap}")
+        raise ValueError(
+            f"tile_overlap must be in [0, {min(cut)}) for tiles of {tile[0]}x{tile[1]} on an "
+            f"image of {image.shape[0]}x{image.shape[1]}, got {tile_overlap}"
+        )
     if tile_size is not None:
-        conventions.check_min_size(min(tile[0], image.shape[0]), min(tile[1], image.shape[1]), scales,
-                                   name=f"{name}: tile of {tile[0]}x{tile[1]}")
+        conventions.check_min_size(
+            min(tile[0], image.shape[0]),
+            min(tile[1], image.shape[1]),
+            scales,
+            name=f"{name}: tile of {tile[0]}x{tile[1]}",
+        )
     logits, scale_logits, attention, num_tiles = _segment_tiled(
-        model, normalize(image), tile, int(tile_overlap), scales, bool(flip), tile_blend, tile_align,
-        tile_batch, bool(return_details))
+        model,
+        normalize(image),
+        tile,
+        int(tile_overlap),
+        scales,
+        bool(flip),
+        tile_blend,
+        tile_align,
+        tile_batch,
+        bool(return_details),
+    )
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    result = {"classes": logits.argmax(-1).astype(np.int32), "logits": logits,
-              "probabilities": (shifted / shifted.sum(-1, keepdims=True)).astype(np.float32),
-              "num_tiles": num_tiles}
+    result = {
+        "classes": logits.argmax(-1).astype(np.int32),
+        "logits": logits,
+        "probabilities": (shifted / shifted.sum(-1, keepdims=True)).astype(np.float32),
+        "num_tiles": num_tiles,
+    }
     if return_details:
         result["scale_logits"], result["attention"] = scale_logits, attention
     return result
@@ -284,5 +346,13 @@ def argmax_agreement(a, b, ignore=None) -> float:
     return float((a[mask] == b[mask]).mean())
 
 
-__all__ = ["BLENDS", "argmax_agreement", "check_image", "compiled_segment", "normalize", "segment_image",
-           "tile_starts", "window_1d"]
+__all__ = [
+    "BLENDS",
+    "argmax_agreement",
+    "check_image",
+    "compiled_segment",
+    "normalize",
+    "segment_image",
+    "tile_starts",
+    "window_1d",
+]

@@ -37,9 +37,9 @@ from hmsa_keras.backend import float64_available, tf_ops
 from hmsa_keras.conventions import IGNORE_LABEL
 
 # RMI constants, as in the reference implementation (Zhao et al. 2019).
-RMI_CLIP_MIN = 1e-6      # added to the masked sigmoid probabilities
-RMI_POS_ALPHA = 5e-4     # times identity, keeps the covariance matrices positive definite
-RMI_LOG_EPS = 1e-8       # added to the Cholesky diagonal before the log
+RMI_CLIP_MIN = 1e-6  # added to the masked sigmoid probabilities
+RMI_POS_ALPHA = 5e-4  # times identity, keeps the covariance matrices positive definite
+RMI_LOG_EPS = 1e-8  # added to the Cholesky diagonal before the log
 
 LossFn = Callable[..., Tuple[object, object]]
 
@@ -119,8 +119,9 @@ def _avg_pool_like_reference(x, stride):
     """
     pad = stride // 2
     x = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    return ops.average_pool(x, pool_size=stride, strides=stride, padding="valid",
-                            data_format="channels_last")
+    return ops.average_pool(
+        x, pool_size=stride, strides=stride, padding="valid", data_format="channels_last"
+    )
 
 
 def _neighbourhood_vectors(x, radius):
@@ -136,10 +137,10 @@ def _neighbourhood_vectors(x, radius):
     crops = []
     for dy in range(radius):
         for dx in range(radius):
-            crops.append(x[:, dy:dy + new_h, dx:dx + new_w, :])
-    v = ops.stack(crops, axis=1)                                  # [B, D, h', w', K]
+            crops.append(x[:, dy : dy + new_h, dx : dx + new_w, :])
+    v = ops.stack(crops, axis=1)  # [B, D, h', w', K]
     v = ops.reshape(v, (shape[0], radius * radius, -1, shape[3]))  # [B, D, N, K]
-    return ops.transpose(v, (0, 3, 1, 2))                          # [B, K, D, N]
+    return ops.transpose(v, (0, 3, 1, 2))  # [B, K, D, N]
 
 
 def _transpose(m):
@@ -174,9 +175,12 @@ def rmi_dtype():
         return "float64"
     if not _WARNED_FLOAT32:
         _WARNED_FLOAT32.append(True)
-        warnings.warn("RMI loss: JAX has float64 disabled (jax_enable_x64), so the RMI "
-                      "log-determinants run in float32; set JAX_ENABLE_X64=1 before importing "
-                      "JAX for the reference's float64 (docs/backends.md)", stacklevel=3)
+        warnings.warn(
+            "RMI loss: JAX has float64 disabled (jax_enable_x64), so the RMI "
+            "log-determinants run in float32; set JAX_ENABLE_X64=1 before importing "
+            "JAX for the reference's float64 (docs/backends.md)",
+            stacklevel=3,
+        )
     return "float32"
 
 
@@ -200,7 +204,7 @@ def rmi_lower_bound_per_sample(onehot, probs, radius: int = 3, pool_stride: int 
     la = ops.stop_gradient(la - ops.mean(la, axis=-1, keepdims=True))
     pr = pr - ops.mean(pr, axis=-1, keepdims=True)
     eye = ops.eye(d, dtype=dtype)
-    la_cov = ops.matmul(la, _transpose(la))                       # [B, K, D, D]
+    la_cov = ops.matmul(la, _transpose(la))  # [B, K, D, D]
     pr_cov = ops.matmul(pr, _transpose(pr)) + RMI_POS_ALPHA * eye
     la_pr_cov = ops.matmul(la, _transpose(pr))
     # Sigma_YP Sigma_P^-1 Sigma_YP^T via a Cholesky solve (same value as an inverse).
@@ -212,10 +216,17 @@ def rmi_lower_bound_per_sample(onehot, probs, radius: int = 3, pool_stride: int 
     return rmi / float(d)
 
 
-def rmi_loss(labels, logits, num_classes: Optional[int] = None,
-             radius: int = 3, pool_stride: int = 4, lambda_way: int = 1,
-             bce_weight: float = 0.5, rmi_weight: float = 0.5,
-             class_weights: Optional[Sequence[float]] = None):
+def rmi_loss(
+    labels,
+    logits,
+    num_classes: Optional[int] = None,
+    radius: int = 3,
+    pool_stride: int = 4,
+    lambda_way: int = 1,
+    bce_weight: float = 0.5,
+    rmi_weight: float = 0.5,
+    class_weights: Optional[Sequence[float]] = None,
+):
     """Region Mutual Information loss (Zhao et al., NeurIPS 2019), sigmoid variant
     (reference ``loss/rmi.py: RMILoss``).
 
@@ -240,7 +251,7 @@ def rmi_loss(labels, logits, num_classes: Optional[int] = None,
     if num_classes is not None and int(num_classes) != k:
         raise ValueError(f"num_classes={num_classes} but logits have {k} channels")
     valid = _valid_mask(labels, k)
-    mask = ops.expand_dims(ops.cast(valid, "float32"), -1)        # [B, H, W, 1]
+    mask = ops.expand_dims(ops.cast(valid, "float32"), -1)  # [B, H, W, 1]
     safe_labels = ops.where(valid, labels, ops.zeros_like(labels))
     onehot = ops.one_hot(safe_labels, k, dtype="float32") * mask  # [B, H, W, K]
 
@@ -255,10 +266,10 @@ def rmi_loss(labels, logits, num_classes: Optional[int] = None,
     # Part II: RMI lower bound.
     probs = ops.sigmoid(logits) * mask + RMI_CLIP_MIN
     rmi_bk = rmi_lower_bound_per_sample(ops.stop_gradient(onehot), probs, radius, pool_stride)
-    rmi_bk = ops.cast(rmi_bk, "float32")                          # [B, K]
+    rmi_bk = ops.cast(rmi_bk, "float32")  # [B, K]
     if cw is not None:
         rmi_bk = rmi_bk * cw
-    rmi_per_sample_sum = ops.sum(rmi_bk)                           # sum_b sum_k
+    rmi_per_sample_sum = ops.sum(rmi_bk)  # sum_b sum_k
     batch = ops.cast(ops.shape(logits)[0], "float32")
 
     if lambda_way:

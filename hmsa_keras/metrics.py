@@ -48,6 +48,7 @@ _SPLIT = 20
 # Tensor side (keras.ops)
 # ----------------------------------------------------------------------------------------
 
+
 def _dtype(x):
     return keras.backend.standardize_dtype(x.dtype)
 
@@ -146,23 +147,33 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
         self._exact64 = float64_available()
         shape = (self.num_classes, self.num_classes)
         self.total_cm = self.add_variable(
-            shape=shape, initializer="zeros", dtype="float64" if self._exact64 else "int32",
-            aggregation="sum", name="total_confusion_matrix")
+            shape=shape,
+            initializer="zeros",
+            dtype="float64" if self._exact64 else "int32",
+            aggregation="sum",
+            name="total_confusion_matrix",
+        )
         if not self._exact64:
             self.total_cm_high = self.add_variable(
-                shape=shape, initializer="zeros", dtype="int32", aggregation="sum",
-                name="total_confusion_matrix_high")
+                shape=shape,
+                initializer="zeros",
+                dtype="int32",
+                aggregation="sum",
+                name="total_confusion_matrix_high",
+            )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         if self._exact64:
-            cm = confusion_matrix(y_true, y_pred, self.num_classes,
-                                  sample_weight=sample_weight, dtype="float64")
+            cm = confusion_matrix(
+                y_true, y_pred, self.num_classes, sample_weight=sample_weight, dtype="float64"
+            )
             self.total_cm.assign_add(cm)
             return
         if sample_weight is not None:
             sample_weight = ops.round(ops.cast(sample_weight, "float32"))
-        cm = confusion_matrix(y_true, y_pred, self.num_classes,
-                              sample_weight=sample_weight, dtype="int32")
+        cm = confusion_matrix(
+            y_true, y_pred, self.num_classes, sample_weight=sample_weight, dtype="int32"
+        )
         low = self.total_cm + cm
         self.total_cm_high.assign_add(ops.right_shift(low, _SPLIT))
         self.total_cm.assign(ops.bitwise_and(low, (1 << _SPLIT) - 1))
@@ -179,8 +190,9 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     def _matrix_tensor(self):
         if self._exact64:
             return ops.convert_to_tensor(self.total_cm)
-        return (ops.cast(self.total_cm_high, "float32") * float(1 << _SPLIT)
-                + ops.cast(self.total_cm, "float32"))
+        return ops.cast(self.total_cm_high, "float32") * float(1 << _SPLIT) + ops.cast(
+            self.total_cm, "float32"
+        )
 
     def per_class_iou(self):
         return iou_from_matrix(self._matrix_tensor())
@@ -205,6 +217,7 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
 # ----------------------------------------------------------------------------------------
 # NumPy side (reports)
 # ----------------------------------------------------------------------------------------
+
 
 def _div(a, b):
     a = np.asarray(a, np.float64)
@@ -250,21 +263,24 @@ def compute_metrics(cm, class_names: Optional[Sequence[str]] = None) -> dict:
     precision = _div(tp, pred)
     freq = gt / total if total > 0 else np.zeros(k)
     valid_fw = gt > 0
-    fw_iou = float(np.sum(freq[valid_fw] * np.nan_to_num(iou[valid_fw]))) if total > 0 \
-        else float("nan")
+    fw_iou = (
+        float(np.sum(freq[valid_fw] * np.nan_to_num(iou[valid_fw]))) if total > 0 else float("nan")
+    )
     per_class = []
     for c in range(k):
-        per_class.append({
-            "name": str(class_names[c]),
-            "iou": float(iou[c]),
-            "tp_share": float(_div(tp[c], union[c])),
-            "fp_share": float(_div(fp[c], union[c])),
-            "fn_share": float(_div(fn[c], union[c])),
-            "precision": float(precision[c]),
-            "recall": float(recall[c]),
-            "gt_pixels": int(round(gt[c])),
-            "pred_pixels": int(round(pred[c])),
-        })
+        per_class.append(
+            {
+                "name": str(class_names[c]),
+                "iou": float(iou[c]),
+                "tp_share": float(_div(tp[c], union[c])),
+                "fp_share": float(_div(fp[c], union[c])),
+                "fn_share": float(_div(fn[c], union[c])),
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "gt_pixels": int(round(gt[c])),
+                "pred_pixels": int(round(pred[c])),
+            }
+        )
     return {
         "miou": _nanmean(iou),
         "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
@@ -288,18 +304,28 @@ def format_table(metrics: dict) -> str:
     rows = metrics.get("per_class", [])
     name_w = max([len("class")] + [len(r["name"]) for r in rows])
     cols = ["IoU", "TP", "FP", "FN", "Prec", "Recall"]
-    header = f"{'id':>3}  {'class':<{name_w}}" + "".join(f"{c:>8}" for c in cols) \
-        + f"{'gt_pixels':>14}"
+    header = (
+        f"{'id':>3}  {'class':<{name_w}}" + "".join(f"{c:>8}" for c in cols) + f"{'gt_pixels':>14}"
+    )
     lines = [header, "-" * len(header)]
     for i, r in enumerate(rows):
         lines.append(
             f"{i:>3}  {r['name']:<{name_w}}"
-            + _fmt(r["iou"]) + _fmt(r["tp_share"]) + _fmt(r["fp_share"]) + _fmt(r["fn_share"])
-            + _fmt(r["precision"]) + _fmt(r["recall"]) + f"{r['gt_pixels']:>14d}")
+            + _fmt(r["iou"])
+            + _fmt(r["tp_share"])
+            + _fmt(r["fp_share"])
+            + _fmt(r["fn_share"])
+            + _fmt(r["precision"])
+            + _fmt(r["recall"])
+            + f"{r['gt_pixels']:>14d}"
+        )
     lines.append("-" * len(header))
-    for key, label in [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"),
-                       ("mean_class_accuracy", "mean class accuracy"),
-                       ("fw_iou", "frequency-weighted IoU")]:
+    for key, label in [
+        ("miou", "mIoU"),
+        ("pixel_accuracy", "pixel accuracy"),
+        ("mean_class_accuracy", "mean class accuracy"),
+        ("fw_iou", "frequency-weighted IoU"),
+    ]:
         if key in metrics:
             lines.append(f"{label:<24}{_fmt(metrics[key]).strip()}")
     lines.append("(TP/FP/FN as % of TP+FP+FN; '-' = undefined, excluded from means)")
@@ -338,8 +364,18 @@ def write_metrics(metrics: dict, json_path=None, csv_path=None):
         d = os.path.dirname(os.fspath(csv_path))
         if d:
             os.makedirs(d, exist_ok=True)
-        fields = ["id", "name", "iou", "tp_share", "fp_share", "fn_share", "precision",
-                  "recall", "gt_pixels", "pred_pixels"]
+        fields = [
+            "id",
+            "name",
+            "iou",
+            "tp_share",
+            "fp_share",
+            "fn_share",
+            "precision",
+            "recall",
+            "gt_pixels",
+            "pred_pixels",
+        ]
 
         def cell(v):
             if isinstance(v, float) and math.isnan(v):
@@ -360,6 +396,7 @@ def write_metrics(metrics: dict, json_path=None, csv_path=None):
 # Reports of several scale chains (hmsa-eval)
 # ----------------------------------------------------------------------------------------
 
+
 def format_sweep(results) -> str:
     """Per-class IoU and the summary metrics of several chains side by side (percent).
 
@@ -371,19 +408,31 @@ def format_sweep(results) -> str:
     name_w = max([len("class")] + [len(c) for c in classes] + [len("mean class accuracy")])
 
     def cell(x):
-        return f"{'-':>{width}}" if x is None or (isinstance(x, float) and math.isnan(x)) \
+        return (
+            f"{'-':>{width}}"
+            if x is None or (isinstance(x, float) and math.isnan(x))
             else f"{100 * x:>{width}.2f}"
+        )
 
     header = f"{'class':<{name_w}}" + "".join(f"{n:>{width}}" for n in names)
     lines = [header, "-" * len(header)]
     for i, c in enumerate(classes):
-        lines.append(f"{c:<{name_w}}" + "".join(cell(r.metrics["per_class"][i]["iou"]) for r in results))
+        lines.append(
+            f"{c:<{name_w}}" + "".join(cell(r.metrics["per_class"][i]["iou"]) for r in results)
+        )
     lines.append("-" * len(header))
-    for key, label in (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"),
-                       ("mean_class_accuracy", "mean class accuracy"), ("fw_iou", "fw IoU")):
+    for key, label in (
+        ("miou", "mIoU"),
+        ("pixel_accuracy", "pixel accuracy"),
+        ("mean_class_accuracy", "mean class accuracy"),
+        ("fw_iou", "fw IoU"),
+    ):
         lines.append(f"{label:<{name_w}}" + "".join(cell(r.metrics[key]) for r in results))
-    lines.append(f"{'s/image':<{name_w}}" + "".join(f"{r.seconds / r.num_images:>{width}.3f}" for r in results)
-                 + "   (one shared pass: same time for every chain)" * (len(results) > 1))
+    lines.append(
+        f"{'s/image':<{name_w}}"
+        + "".join(f"{r.seconds / r.num_images:>{width}.3f}" for r in results)
+        + "   (one shared pass: same time for every chain)" * (len(results) > 1)
+    )
     return "\n".join(lines)
 
 
@@ -399,8 +448,15 @@ def write_results(results, output_dir: str) -> list:
         paths += [js, cs]
     if len(results) > 1:
         keys = ("miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou", "seconds_per_image")
-        summary = [{"chain": r.name, "scales": list(r.scales), "flip": r.flip,
-                    **{k: r.metrics[k] for k in keys}} for r in results]
+        summary = [
+            {
+                "chain": r.name,
+                "scales": list(r.scales),
+                "flip": r.flip,
+                **{k: r.metrics[k] for k in keys},
+            }
+            for r in results
+        ]
         js = os.path.join(output_dir, "sweep.json")
         with open(js, "w") as f:
             json.dump(_json_safe(summary), f, indent=2)
@@ -408,7 +464,7 @@ def write_results(results, output_dir: str) -> list:
         with open(csv_path, "w") as f:
             f.write("chain," + ",".join(keys) + "\n")
             for row in summary:
-                f.write(f"\"{row['chain']}\"," + ",".join(_csv(row[k]) for k in keys) + "\n")
+                f.write(f'"{row["chain"]}",' + ",".join(_csv(row[k]) for k in keys) + "\n")
         paths += [js, csv_path]
     return paths
 

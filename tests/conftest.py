@@ -22,4 +22,6 @@ def tiny_model():
 
 
 requires_camvid = pytest.mark.skipif(
-    not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID} (it ships only in the project's ../shared)")
+    not CAMVID.is_dir(),
+    reason=f"CamVid not found at {CAMVID} (it ships only in the project's ../shared)",
+)

@@ -38,8 +38,9 @@ class ColourCodedModel:
         return {"logits": logits, "classes": classes}
 
 
-def write_folder_dataset(root, split="val", sizes=((32, 40), (24, 24), (40, 32)), num_classes=4,
-                         seed=0, noise=0.0):
+def write_folder_dataset(
+    root, split="val", sizes=((32, 40), (24, 24), (40, 32)), num_classes=4, seed=0, noise=0.0
+):
     """A folder dataset: labels 0..K-1 with 255 blocks; images painted with the labels
     (ignore pixels and a ``noise`` share of pixels painted with a random class).
     Returns the list of (image, label) arrays."""
@@ -50,7 +51,12 @@ def write_folder_dataset(root, split="val", sizes=((32, 40), (24, 24), (40, 32))
         json.dump({"names": [f"c{i}" for i in range(num_classes)], "ignore_label": 255}, f)
     out = []
     for i, (h, w) in enumerate(sizes):
-        label = rng.integers(0, num_classes, size=(h // 4, w // 4)).repeat(4, 0).repeat(4, 1).astype(np.uint8)
+        label = (
+            rng.integers(0, num_classes, size=(h // 4, w // 4))
+            .repeat(4, 0)
+            .repeat(4, 1)
+            .astype(np.uint8)
+        )
         label[: h // 4, : w // 4] = 255
         painted = np.where(label == 255, rng.integers(0, num_classes, size=label.shape), label)
         wrong = rng.random(label.shape) < noise
@@ -69,6 +75,11 @@ def write_run_dir(path, model, data_config, eval_scales=(0.5, 1.0)):
     os.makedirs(path, exist_ok=True)
     model.save(os.path.join(path, "best.keras"))
     with open(os.path.join(path, "config.json"), "w") as f:
-        f.write(to_json(ModelConfig(num_classes=model.num_classes), data_config,
-                        TrainConfig(model_dir=str(path), eval_scales=tuple(eval_scales))))
+        f.write(
+            to_json(
+                ModelConfig(num_classes=model.num_classes),
+                data_config,
+                TrainConfig(model_dir=str(path), eval_scales=tuple(eval_scales)),
+            )
+        )
     return path

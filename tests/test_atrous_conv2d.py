@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 
-from tests.conftest import TINY
-
 
 def _grads(layer, x):
     import tensorflow as tf

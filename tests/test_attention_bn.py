@@ -30,9 +30,16 @@ def _batch():
 
 
 def _stats(model, names):
-    return {n: [v.numpy().copy() for v in (model.network.get_layer(n).moving_mean,
-                                            model.network.get_layer(n).moving_variance)]
-            for n in names}
+    return {
+        n: [
+            v.numpy().copy()
+            for v in (
+                model.network.get_layer(n).moving_mean,
+                model.network.get_layer(n).moving_variance,
+            )
+        ]
+        for n in names
+    }
 
 
 def _by_hand(model, images, scales):
@@ -44,17 +51,21 @@ def _by_hand(model, images, scales):
         model.network(x, training=True)
 
 
-@pytest.mark.parametrize("attention_bn, seen", [("all_scales", (0.5, 1.0)), ("fused_scales", (0.5,))])
+@pytest.mark.parametrize(
+    "attention_bn, seen", [("all_scales", (0.5, 1.0)), ("fused_scales", (0.5,))]
+)
 def test_attention_statistics_follow_the_scales_it_runs_at(attention_bn, seen):
     """After one training step the attention head's moving statistics equal those of the
     segmenter run by hand at ``seen`` (0.5x then 1.0x for the reference's way, 0.5x only
     otherwise), and differ from the other option's."""
-    import tensorflow as tf
 
     images, labels = _batch()
     other_option = "fused_scales" if attention_bn == "all_scales" else "all_scales"
-    model, twin, other = (_model(attention_bn=attention_bn), _model(attention_bn=attention_bn),
-                          _model(attention_bn=other_option))
+    model, twin, other = (
+        _model(attention_bn=attention_bn),
+        _model(attention_bn=attention_bn),
+        _model(attention_bn=other_option),
+    )
     initial = model.get_weights()
     twin.set_weights(initial)
     other.set_weights(initial)
@@ -67,7 +78,9 @@ def test_attention_statistics_follow_the_scales_it_runs_at(attention_bn, seen):
         for got, expected, old in zip(after[name], want[name], before[name]):
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=name)
             assert not np.allclose(got, old), name  # they moved
-    assert not np.allclose(_stats(other, ATTENTION_BN_LAYERS)["attn_1_bn"][0], after["attn_1_bn"][0])
+    assert not np.allclose(
+        _stats(other, ATTENTION_BN_LAYERS)["attn_1_bn"][0], after["attn_1_bn"][0]
+    )
 
 
 def test_unread_attention_takes_no_gradient():
@@ -81,8 +94,11 @@ def test_unread_attention_takes_no_gradient():
         model = _model(attention_bn=option)
         with tf.GradientTape() as tape:
             total, _, _ = model.compute_loss_terms(images, labels)
-        grads[option] = (float(total), tape.gradient(total, model.trainable_weights),
-                         [w.path for w in model.trainable_weights])
+        grads[option] = (
+            float(total),
+            tape.gradient(total, model.trainable_weights),
+            [w.path for w in model.trainable_weights],
+        )
     (loss_a, g_a, names), (loss_b, g_b, _) = grads["all_scales"], grads["fused_scales"]
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
     attention_grads = 0
@@ -94,12 +110,12 @@ def test_unread_attention_takes_no_gradient():
     assert attention_grads > 0  # the 0.5x attention is trained
 
 
-@pytest.mark.parametrize("fusion, scales, moved", [("single", (1.0,), False),
-                                                   ("hierarchical", (0.5, 1.0), True)])
+@pytest.mark.parametrize(
+    "fusion, scales, moved", [("single", (1.0,), False), ("hierarchical", (0.5, 1.0), True)]
+)
 def test_single_scale_training_never_runs_the_attention_head(fusion, scales, moved):
     """Single-scale training leaves the attention statistics put; run_scales marks the scales
     whose attention was not computed with None; the view without the head adds no weights."""
-    import tensorflow as tf
 
     from hmsa_keras.models import fusion as F
 
@@ -112,6 +128,8 @@ def test_single_scale_training_never_runs_the_attention_head(fusion, scales, mov
     assert np.allclose(attn_bn.moving_mean.numpy(), before[0]) != moved
 
     outputs = model.run_scales(images, scales, attention=F.attention_scales(fusion, scales))
-    assert [s for s, o in outputs.items() if o[1] is not None] == list(F.attention_scales(fusion, scales))
+    assert [s for s, o in outputs.items() if o[1] is not None] == list(
+        F.attention_scales(fusion, scales)
+    )
     assert F.attention_scales("explicit", (0.5, 1.0, 2.0)) == (0.5, 1.0, 2.0)
     assert len(model.weights) == len({id(w) for w in model.weights})

@@ -19,7 +19,10 @@ from tests.conftest import REPO, TINY
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed (pip install -e \".[jax]\")"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("jax") is None,
+        reason='JAX is not installed (pip install -e ".[jax]")',
+    ),
 ]
 
 HELPERS = REPO / "tests" / "helpers"

@@ -22,8 +22,16 @@ TIMEOUT = 1500  # per benchmark; ~1-2 min each on an idle 2-core machine, far mo
 
 def _launch(script, out_dir, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--quick", f"--out_dir={out_dir}", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / script),
+        "--quick",
+        f"--out_dir={out_dir}",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO
+    )
 
 
 def _result(proc):
@@ -41,11 +49,16 @@ def _positive(x):
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
-    dirs = {name: tmp_path_factory.mktemp(name) for name in ("train_cost", "inference", "accuracy", "atrous_grad")}
+    dirs = {
+        name: tmp_path_factory.mktemp(name)
+        for name in ("train_cost", "inference", "accuracy", "atrous_grad")
+    }
     procs = {
         "train_cost": _launch("train_cost.py", dirs["train_cost"]),
         "inference": _launch("inference.py", dirs["inference"]),
-        "accuracy": _launch("accuracy.py", dirs["accuracy"], f"--work_dir={dirs['accuracy'] / 'runs'}"),
+        "accuracy": _launch(
+            "accuracy.py", dirs["accuracy"], f"--work_dir={dirs['accuracy'] / 'runs'}"
+        ),
         "atrous_grad": _launch("atrous_grad.py", dirs["atrous_grad"]),
     }
     try:
@@ -73,12 +86,18 @@ def test_train_cost_quick(reports):
     assert v["single"]["time_ratio"] == pytest.approx(1.0)
     # more scales, more work (the tiny model's counts are dominated by size-independent ops,
     # so the 1.25x / 5.25x pixel ratios only show on real models)
-    assert v["single"]["train_flops"] < v["hierarchical"]["train_flops"] < v["hierarchical3"]["train_flops"]
+    assert (
+        v["single"]["train_flops"]
+        < v["hierarchical"]["train_flops"]
+        < v["hierarchical3"]["train_flops"]
+    )
     # three-scale HMSA runs the attention head at 0.5 and 1.0 only, explicit at all three scales
     assert v["hierarchical3"]["train_flops"] < v["explicit"]["train_flops"]
     assert v["hierarchical"]["pixels_ratio"] == 1.25 and v["explicit"]["pixels_ratio"] == 5.25
     assert v["hierarchical3"]["pixels_ratio"] == 5.25
-    assert report["checks"] and all({"name", "value", "target", "ok"} <= set(c) for c in report["checks"])
+    assert report["checks"] and all(
+        {"name", "value", "target", "ok"} <= set(c) for c in report["checks"]
+    )
 
 
 def test_inference_quick(reports):
@@ -110,8 +129,11 @@ def test_accuracy_quick(reports):
     assert len(rows) == 3 * 3 * 2
     for r in rows:
         assert 0.0 <= r["miou"] <= 1.0
-    assert {(r["method"], r["fusion"]) for r in rows} == {("single", "mean"), ("hmsa", "hierarchical"),
-                                                        ("hmsa", "mean")}
+    assert {(r["method"], r["fusion"]) for r in rows} == {
+        ("single", "mean"),
+        ("hmsa", "hierarchical"),
+        ("hmsa", "mean"),
+    }
     for name in ("accuracy.png", "attention_example.png", "accuracy.md"):
         assert (out_dir / name).stat().st_size > 0
     assert "| hmsa / hierarchical |" in (out_dir / "accuracy.md").read_text()
@@ -125,4 +147,6 @@ def test_atrous_grad_quick(reports):
     for row in entry["variants"].values():
         assert row["dilated_convolutions"] == 3  # the three atrous ASPP branches
         assert row["gradient_max_relative_difference"] < 1e-4  # both compute the same gradients
-        assert all(_positive(t) for t in row["step_seconds_median"].values()) and _positive(row["speedup"])
+        assert all(_positive(t) for t in row["step_seconds_median"].values()) and _positive(
+            row["speedup"]
+        )

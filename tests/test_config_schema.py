@@ -13,24 +13,40 @@ from hmsa_keras import config as C
 from hmsa_keras.cli import schema
 from tests.conftest import REPO
 
-ALL_CONFIGS = C.RUN_CONFIGS + (C.EvalConfig, C.PredictConfig, C.ExportConfig, C.DataToolConfig,
-                                C.ConvertConfig)
+ALL_CONFIGS = C.RUN_CONFIGS + (
+    C.EvalConfig,
+    C.PredictConfig,
+    C.ExportConfig,
+    C.DataToolConfig,
+    C.ConvertConfig,
+)
 RECIPES = sorted(pathlib.Path(REPO / "flags").glob("*.cfg"))
 
 
 def _tools():
     from hmsa_keras.cli import convert, data, eval, export, predict, train
 
-    return {"hmsa-train": train.TOOL, "hmsa-eval": eval.TOOL, "hmsa-predict": predict.TOOL,
-            "hmsa-autolabel": predict.AUTOLABEL_TOOL, "hmsa-export": export.TOOL, "hmsa-data": data.TOOL,
-            "hmsa-convert": convert.TOOL}
+    return {
+        "hmsa-train": train.TOOL,
+        "hmsa-eval": eval.TOOL,
+        "hmsa-predict": predict.TOOL,
+        "hmsa-autolabel": predict.AUTOLABEL_TOOL,
+        "hmsa-export": export.TOOL,
+        "hmsa-data": data.TOOL,
+        "hmsa-convert": convert.TOOL,
+    }
 
 
 def _other_value(spec):
     """A valid value of the field that differs from its default."""
     if spec.choices:
-        return next(c for c in spec.choices if c != spec.default) if spec.kind not in ("multi", "list") \
-            else tuple(spec.choices[:1]) if spec.default != tuple(spec.choices[:1]) else tuple(spec.choices[1:2])
+        return (
+            next(c for c in spec.choices if c != spec.default)
+            if spec.kind not in ("multi", "list")
+            else tuple(spec.choices[:1])
+            if spec.default != tuple(spec.choices[:1])
+            else tuple(spec.choices[1:2])
+        )
     if spec.base is bool:
         return not spec.default
     if spec.kind == "scales":
@@ -92,12 +108,21 @@ def test_run_configs_round_trip_through_config_json(tmp_path):
 
     model = C.ModelConfig(trunk="resnet50", train_scales=(0.5, 1.0, 2.0), aux_head=True)
     data = C.DataConfig(crop_size=(64, 96), eval_long_edge=512, class_uniform_tile=1024)
-    train = C.TrainConfig(batch_size=3, reference_batch_size=16, epochs=2, class_weights=(1.0, 2.0, 3.0),
-                          freeze=("trunk",), eval_scales=(0.25, 0.5, 1.0), eval_flip=True)
+    train = C.TrainConfig(
+        batch_size=3,
+        reference_batch_size=16,
+        epochs=2,
+        class_weights=(1.0, 2.0, 3.0),
+        freeze=("trunk",),
+        eval_scales=(0.25, 0.5, 1.0),
+        eval_flip=True,
+    )
     run = resolve(model, data, train, num_replicas=2, num_classes=3, train_examples=40)
     assert run.model.num_classes == 3 and run.model.sync_bn is True
     assert run.resolved.global_batch_size == 6 and run.resolved.steps_per_epoch == 6
-    assert run.resolved.total_steps == 12 and run.resolved.learning_rate == pytest.approx(0.01 * 6 / 16)
+    assert run.resolved.total_steps == 12 and run.resolved.learning_rate == pytest.approx(
+        0.01 * 6 / 16
+    )
     run.write(str(tmp_path))
     assert RunConfig.read(str(tmp_path)) == run
     assert C.read_run_config(str(tmp_path)) == (run.model, run.data, run.train)
@@ -140,12 +165,15 @@ def test_a_new_field_is_one_line():
         fv(["prog", "--ratio=2"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--crop_size=a,b"], "--crop_size: expected HxW"),
-    (["--train_scales=0.5,0"], "--train_scales: every scale must be a finite number > 0"),
-    (["--eval_scales=1,1"], "--eval_scales: scales must be distinct"),
-    (["--class_weights=1,-2"], "--class_weights: every value must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--crop_size=a,b"], "--crop_size: expected HxW"),
+        (["--train_scales=0.5,0"], "--train_scales: every scale must be a finite number > 0"),
+        (["--eval_scales=1,1"], "--eval_scales: scales must be distinct"),
+        (["--class_weights=1,-2"], "--class_weights: every value must be >= 0"),
+    ],
+)
 def test_bad_values_name_the_flag(argv, message):
     from hmsa_keras.cli import train
 
@@ -156,18 +184,31 @@ def test_bad_values_name_the_flag(argv, message):
 def test_shorthand_and_aliases_of_old_flagfiles():
     from hmsa_keras.cli import train
 
-    model, _, t = train.configs_from_argv(["--head_channels=24", "--decoder_channels=8", "--export_scales=1,2",
-                                           "--sync_bn"])
+    model, _, t = train.configs_from_argv(
+        ["--head_channels=24", "--decoder_channels=8", "--export_scales=1,2", "--sync_bn"]
+    )
     assert (model.aspp_channels, model.decoder_channels, model.attention_channels) == (24, 8, 24)
     assert t.eval_scales == (1.0, 2.0) and model.sync_bn is True
     # zero_is_none: the old "0 = unset" values
-    _, d, t = train.configs_from_argv(["--steps_per_epoch=0", "--eval_long_edge=0", "--reference_batch_size=0"])
+    _, d, t = train.configs_from_argv(
+        ["--steps_per_epoch=0", "--eval_long_edge=0", "--reference_batch_size=0"]
+    )
     assert t.steps_per_epoch is None and d.eval_long_edge is None and t.reference_batch_size is None
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-@pytest.mark.parametrize("tool_name", ["hmsa-train", "hmsa-eval", "hmsa-predict", "hmsa-autolabel",
-                                       "hmsa-export", "hmsa-data", "hmsa-convert"])
+@pytest.mark.parametrize(
+    "tool_name",
+    [
+        "hmsa-train",
+        "hmsa-eval",
+        "hmsa-predict",
+        "hmsa-autolabel",
+        "hmsa-export",
+        "hmsa-data",
+        "hmsa-convert",
+    ],
+)
 def test_one_recipe_serves_every_tool(recipe, tool_name):
     """Each tool takes from a recipe what concerns it and ignores the training-only flags."""
     tool = _tools()[tool_name]
@@ -200,8 +241,18 @@ def test_recipe_flag_overrides_and_command_line_order(tmp_path):
     assert t.epochs == 2 and model.alpha == 0.5
 
 
-@pytest.mark.parametrize("tool_name", ["hmsa-train", "hmsa-eval", "hmsa-predict", "hmsa-autolabel",
-                                       "hmsa-export", "hmsa-data", "hmsa-convert"])
+@pytest.mark.parametrize(
+    "tool_name",
+    [
+        "hmsa-train",
+        "hmsa-eval",
+        "hmsa-predict",
+        "hmsa-autolabel",
+        "hmsa-export",
+        "hmsa-data",
+        "hmsa-convert",
+    ],
+)
 @pytest.mark.parametrize("help_flag", ["--help", "--helpfull", "--helpshort"])
 def test_help_exits_zero_and_lists_the_tools_own_flags(tool_name, help_flag, capsys):
     tool = _tools()[tool_name]
@@ -209,7 +260,11 @@ def test_help_exits_zero_and_lists_the_tools_own_flags(tool_name, help_flag, cap
         tool.run(lambda argv: 1, [tool_name, help_flag])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    own = [f.name for f in dataclasses.fields(tool.options)] if tool.options else ["learning_rate", "trunk"]
+    own = (
+        [f.name for f in dataclasses.fields(tool.options)]
+        if tool.options
+        else ["learning_rate", "trunk"]
+    )
     for name in own:
         assert f"--{name}:" in out, name
     assert "--tpu" not in out and "tensor_tracer" not in out

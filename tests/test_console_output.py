@@ -12,8 +12,17 @@ import pytest
 from hmsa_keras.training.progress import LineProgress, progress
 
 REPO = Path(__file__).resolve().parents[1]
-NOISE = ("\r", "\x1b[", "\b", "I0000", "absl::InitializeLog", "Sharding callback", "fingerprint",
-         "port.cc", "cpu_feature_guard")
+NOISE = (
+    "\r",
+    "\x1b[",
+    "\b",
+    "I0000",
+    "absl::InitializeLog",
+    "Sharding callback",
+    "fingerprint",
+    "port.cc",
+    "cpu_feature_guard",
+)
 
 
 def test_line_progress_prints_about_ten_plain_lines_per_epoch():
@@ -59,11 +68,19 @@ def _env(**extra):
 @pytest.mark.slow
 @pytest.mark.parametrize("verbosity", [0, 1])
 def test_tensorflow_load_time_lines_only_with_verbosity(verbosity):
-    code = ("import sys; from hmsa_keras.cli.tool import setup_logging; "
-            f"setup_logging({verbosity}); import tensorflow as tf; tf.constant(1) + 1; "
-            "print('ours', file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+    code = (
+        "import sys; from hmsa_keras.cli.tool import setup_logging; "
+        f"setup_logging({verbosity}); import tensorflow as tf; tf.constant(1) + 1; "
+        "print('ours', file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.rstrip().endswith("ours")
     noisy = "port.cc" in proc.stderr or "absl::InitializeLog" in proc.stderr
@@ -77,14 +94,32 @@ def test_training_and_export_log_written_to_a_file_is_readable(tmp_path):
     log = tmp_path / "train.log"
     # 48x48 crops, not 32x32: at 32x32 the 0.5x pass reaches the trunk's stride 16 at 1x1, where
     # BatchNorm over a batch of 2 values gives gradients of 1e5 and the run can end in NaN
-    flags = ["--dataset=synthetic", "--synthetic_train_size=16", "--synthetic_val_size=2",
-             "--synthetic_image_size=64x64", "--crop_size=48x48", "--alpha=0.35",
-             "--head_channels=16", "--low_level_channels=8", "--batch_size=2", "--epochs=1",
-             "--steps_per_epoch=10", "--image_every=0", f"--model_dir={tmp_path / 'run'}",
-             f"--export_dir={tmp_path / 'sm'}", "--export_scales=1.0"]
+    flags = [
+        "--dataset=synthetic",
+        "--synthetic_train_size=16",
+        "--synthetic_val_size=2",
+        "--synthetic_image_size=64x64",
+        "--crop_size=48x48",
+        "--alpha=0.35",
+        "--head_channels=16",
+        "--low_level_channels=8",
+        "--batch_size=2",
+        "--epochs=1",
+        "--steps_per_epoch=10",
+        "--image_every=0",
+        f"--model_dir={tmp_path / 'run'}",
+        f"--export_dir={tmp_path / 'sm'}",
+        "--export_scales=1.0",
+    ]
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "hmsa_keras.cli.train", *flags], env=_env(),
-                              stdout=f, stderr=subprocess.STDOUT, timeout=1200, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-m", "hmsa_keras.cli.train", *flags],
+            env=_env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=1200,
+            cwd=REPO,
+        )
     text = log.read_text()
     assert proc.returncode == 0, text[-5000:]
     for noise in NOISE:

@@ -32,8 +32,11 @@ def run(config, image, label, index):
     """Augment one example (one traced function per config); returns (uint8 pixels, labels)."""
     key = repr(config)
     if key not in _TRACED:
-        _TRACED[key] = tf.function(lambda img, lbl, i: aug.augment(
-            img, lbl, tf.stack([tf.constant(config.seed, tf.int64), i]), config))
+        _TRACED[key] = tf.function(
+            lambda img, lbl, i: aug.augment(
+                img, lbl, tf.stack([tf.constant(config.seed, tf.int64), i]), config
+            )
+        )
     x, y = _TRACED[key](tf.constant(image), tf.constant(label), tf.constant(index, tf.int64))
     return denormalize(x.numpy()), y.numpy()
 
@@ -51,7 +54,7 @@ def test_image_and_label_stay_aligned():
         interior = valid.copy()
         for dy in (0, 1, 2):
             for dx in (0, 1, 2):
-                interior &= pad[dy:dy + y.shape[0], dx:dx + y.shape[1]] == y
+                interior &= pad[dy : dy + y.shape[0], dx : dx + y.shape[1]] == y
         interior_hits += int((decoded == y)[interior].sum())
         interior_total += int(interior.sum())
     assert total > 0 and interior_total > 0.5 * total
@@ -66,8 +69,13 @@ def test_geometry_is_exact_at_scale_one():
     config = dataclasses.replace(BASE, scale_min=1.0, scale_max=1.0, hflip=False)
     x, y = run(config, image, label, 3)
     # The crop is a window of the original, found where the label matches.
-    matches = [(r, c) for r in range(64 - 48 + 1) for c in range(80 - 56 + 1)
-               if np.array_equal(label[r:r + 48, c:c + 56], y) and np.array_equal(image[r:r + 48, c:c + 56], x)]
+    matches = [
+        (r, c)
+        for r in range(64 - 48 + 1)
+        for c in range(80 - 56 + 1)
+        if np.array_equal(label[r : r + 48, c : c + 56], y)
+        and np.array_equal(image[r : r + 48, c : c + 56], x)
+    ]
     assert matches
 
 
@@ -83,8 +91,15 @@ def test_padding_uses_ignore_and_mean():
 
 def test_never_invents_label_values():
     image, label = blocky_pair(3, values=(0, 3, 7))
-    config = dataclasses.replace(BASE, color_jitter=0.4, blur_prob=0.5, noise_std=10.0, scale_min=0.3,
-                                 scale_max=3.0, crop_size=(40, 40))
+    config = dataclasses.replace(
+        BASE,
+        color_jitter=0.4,
+        blur_prob=0.5,
+        noise_std=10.0,
+        scale_min=0.3,
+        scale_max=3.0,
+        crop_size=(40, 40),
+    )
     seen = set()
     for i in range(16):
         _, y = run(config, image, label, i)
@@ -107,13 +122,18 @@ def test_augmentation_follows_the_seed():
     a, b = run(config, image, label, 3), run(config, image, label, 3)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    for other in (run(dataclasses.replace(config, seed=1), image, label, 3), run(config, image, label, 4)):
+    for other in (
+        run(dataclasses.replace(config, seed=1), image, label, 3),
+        run(config, image, label, 4),
+    ):
         assert not np.array_equal(a[0], other[0]) and not np.array_equal(a[1], other[1])
 
 
 def test_dataset_stream_is_reproducible():
     def first(seed):
-        config = DataConfig(seed=seed, synthetic_train_size=8, crop_size=(32, 32), blur_prob=0.5, noise_std=2.0)
+        config = DataConfig(
+            seed=seed, synthetic_train_size=8, crop_size=(32, 32), blur_prob=0.5, noise_std=2.0
+        )
         x, y = next(iter(build_dataset(config, "train", training=True, batch_size=4)))
         return x.numpy(), y.numpy()
 
@@ -134,17 +154,24 @@ def test_eval_resize_long_edge():
 
 # ------------------------------------------------------------ reference recipe features (issue 19)
 def _scale_crop(image, label, crop, scale, pre_size=None, seed=(0, 9)):
-    x, y, valid = aug.scale_crop(tf.constant(image), tf.constant(label),
-                                 tf.constant(seed, tf.int64), crop, (scale, scale),
-                                 pre_size=pre_size)
+    x, y, valid = aug.scale_crop(
+        tf.constant(image),
+        tf.constant(label),
+        tf.constant(seed, tf.int64),
+        crop,
+        (scale, scale),
+        pre_size=pre_size,
+    )
     return x.numpy(), y.numpy(), valid.numpy()
 
 
 def test_pre_size_brings_the_long_edge_there_before_the_random_scale():
     image, label = blocky_pair(7)  # 64 x 80: long edge 80
     # pre_size 160 at scale 1 is scale 2 without it: same pixels, same crop window
-    for a, b in zip(_scale_crop(image, label, (48, 56), 1.0, pre_size=160),
-                    _scale_crop(image, label, (48, 56), 2.0)):
+    for a, b in zip(
+        _scale_crop(image, label, (48, 56), 1.0, pre_size=160),
+        _scale_crop(image, label, (48, 56), 2.0),
+    ):
         np.testing.assert_array_equal(a, b)
     # pre_size 40 then scale 0.5: a 16 x 20 image inside a 48 x 56 crop, the rest padding
     _, y, valid = _scale_crop(image, label, (48, 56), 0.5, pre_size=40)
@@ -152,8 +179,14 @@ def test_pre_size_brings_the_long_edge_there_before_the_random_scale():
 
 
 def test_pre_size_reaches_the_training_stream():
-    config = DataConfig(synthetic_train_size=4, synthetic_image_size=(96, 128), crop_size=(64, 64),
-                        scale_min=1.0, scale_max=1.0, color_jitter=0.0)
+    config = DataConfig(
+        synthetic_train_size=4,
+        synthetic_image_size=(96, 128),
+        crop_size=(64, 64),
+        scale_min=1.0,
+        scale_max=1.0,
+        color_jitter=0.0,
+    )
     _, plain = next(iter(build_dataset(config, "train", training=True, batch_size=2)))
     config = dataclasses.replace(config, pre_size=32)
     _, small = next(iter(build_dataset(config, "train", training=True, batch_size=2)))
@@ -168,8 +201,9 @@ def test_eval_upscale_resizes_to_exactly_the_long_edge():
     assert set(np.unique(y.numpy())) <= set(np.unique(label))
     x, y = aug.resize_long_edge(tf.constant(image), tf.constant(label), 40, upscale=True)
     assert y.shape == (32, 40)
-    config = DataConfig(dataset="synthetic", synthetic_val_size=2, synthetic_image_size=(48, 64),
-                        eval_long_edge=96)
+    config = DataConfig(
+        dataset="synthetic", synthetic_val_size=2, synthetic_image_size=(48, 64), eval_long_edge=96
+    )
     config = dataclasses.replace(config, eval_upscale=True)
     images, labels = next(iter(build_dataset(config, "val", training=False, batch_size=1)))
     assert images.shape[1:3] == (72, 96) and labels.shape[1:3] == (72, 96)
@@ -182,8 +216,8 @@ def _numpy_gaussian_blur(image, sigma):
     k = np.exp(-0.5 * (taps / sigma) ** 2)
     k /= k.sum()
     h, w, _ = image.shape
-    rows = sum(k[i] * image[radius + t: h - radius + t] for i, t in enumerate(taps))
-    return sum(k[i] * rows[:, radius + t: w - radius + t] for i, t in enumerate(taps)), radius
+    rows = sum(k[i] * image[radius + t : h - radius + t] for i, t in enumerate(taps))
+    return sum(k[i] * rows[:, radius + t : w - radius + t] for i, t in enumerate(taps)), radius
 
 
 def test_gaussian_blur_matches_the_reference_filter_inside_the_image():

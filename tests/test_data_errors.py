@@ -25,7 +25,9 @@ def make(root, n=3, size=(8, 8)):
     for d in ("images", "labels"):
         (root / "train" / d).mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(np.full(size + (3,), 40 * i, np.uint8)).save(root / "train/images" / f"f{i}.png")
+        Image.fromarray(np.full(size + (3,), 40 * i, np.uint8)).save(
+            root / "train/images" / f"f{i}.png"
+        )
         Image.fromarray(np.full(size, i % 3, np.uint8)).save(root / "train/labels" / f"f{i}.png")
     (root / "classes.json").write_text(json.dumps({"names": ["a", "b", "c"]}))
     return DataConfig(dataset="folder", data_dir=str(root), crop_size=(8, 8))
@@ -65,7 +67,8 @@ def test_corrupt_png(tmp_path):
 def test_truncated_png_fails_in_graph_naming_the_file(tmp_path):
     config = make(tmp_path, size=(64, 64))
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-        tmp_path / "train/images/f1.png")
+        tmp_path / "train/images/f1.png"
+    )
     data = (tmp_path / "train/images/f1.png").read_bytes()
     (tmp_path / "train/images/f1.png").write_bytes(data[: len(data) // 2])  # header intact
     ds = build(config)  # header check passes
@@ -84,7 +87,9 @@ def test_size_mismatch(tmp_path):
 def test_label_ids_outside_table(tmp_path):
     config = make(tmp_path)
     Image.fromarray(np.full((8, 8), 7, np.uint8)).save(tmp_path / "train/labels/f1.png")
-    with pytest.raises(tf.errors.OpError, match=r"labels/f1\.png: label ids \[7\] are outside the class table"):
+    with pytest.raises(
+        tf.errors.OpError, match=r"labels/f1\.png: label ids \[7\] are outside the class table"
+    ):
         list(build(config))  # default validation reads headers only: caught while loading
     config = dataclasses.replace(config, validate="full")
     expect_error(config, "labels/f1.png", "[7] are outside the class table")
@@ -93,7 +98,9 @@ def test_label_ids_outside_table(tmp_path):
 def test_empty_split_and_wrong_paths(tmp_path):
     config = make(tmp_path, n=0)
     expect_error(config, "split 'train'", "empty")
-    expect_error(DataConfig(dataset="folder", data_dir=str(tmp_path / "nope")), "nope", "does not exist")
+    expect_error(
+        DataConfig(dataset="folder", data_dir=str(tmp_path / "nope")), "nope", "does not exist"
+    )
     with pytest.raises(DataError, match="val/images: image directory does not exist"):
         build_dataset(config, "val", training=False, batch_size=1)
     os.remove(tmp_path / "classes.json")
@@ -116,8 +123,12 @@ def test_check_reports_every_problem(tmp_path):
     assert check(config, "train", out=out) == 1
     text = out.getvalue()
     assert "4 problem(s)" in text
-    for fragment in ("images/f1.png: no label file", "images/f2.png", "labels/f3.png: label ids [9]",
-                     "labels/f4.png: label size"):
+    for fragment in (
+        "images/f1.png: no label file",
+        "images/f2.png",
+        "labels/f3.png: label ids [9]",
+        "labels/f4.png: label size",
+    ):
         assert fragment in text, text
     assert "4 image(s) scanned" in text  # f0, f2..f4 (f1 has no label)
     good = io.StringIO()
@@ -129,8 +140,20 @@ def test_check_reports_every_problem(tmp_path):
 def test_check_command_line_exit_status(tmp_path):
     broken_dataset(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "hmsa_keras.cli.data", "check", "--dataset=folder",
-                           f"--data_dir={tmp_path}", "--split=train"], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hmsa_keras.cli.data",
+            "check",
+            "--dataset=folder",
+            f"--data_dir={tmp_path}",
+            "--split=train",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "labels/f3.png" in proc.stdout and "images/f1.png" in proc.stdout

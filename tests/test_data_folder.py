@@ -33,7 +33,9 @@ def test_folder_round_trip(tmp_path):
     info = get_dataset_info(config)
     assert info.class_names == ["bg", "road", "car", "tree"] and info.num_classes == 4
     assert info.colors[2] == (20, 20, 30) and info.ignore_label == 255
-    assert [p[0].rsplit("/", 1)[-1] for p in iter_pairs(config, "val")] == [f"frame_{i:03d}.png" for i in range(3)]
+    assert [p[0].rsplit("/", 1)[-1] for p in iter_pairs(config, "val")] == [
+        f"frame_{i:03d}.png" for i in range(3)
+    ]
     out = list(build_dataset(config, "val", training=False, batch_size=1))
     assert len(out) == 3
     for (x, y), img, lbl in zip(out, images, labels):
@@ -45,7 +47,13 @@ def test_pseudo_labels_are_mixed_into_training(tmp_path):
     main, pseudo = tmp_path / "main", tmp_path / "pseudo"
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
-    write_folder(main, "train", imgs[:3], [np.full((16, 16), i % 3, np.uint8) for i in range(3)], ["a", "b", "c", "d"])
+    write_folder(
+        main,
+        "train",
+        imgs[:3],
+        [np.full((16, 16), i % 3, np.uint8) for i in range(3)],
+        ["a", "b", "c", "d"],
+    )
     # Auto-labeller output: training ids, 255 = low confidence; class 3 only appears here.
     pl = [np.full((16, 16), 3, np.uint8) for _ in range(2)]
     pl[0][:4] = 255
@@ -54,9 +62,19 @@ def test_pseudo_labels_are_mixed_into_training(tmp_path):
     for i, (img, lbl) in enumerate(zip(imgs[3:], pl)):
         Image.fromarray(img).save(pseudo / "images" / f"u{i}.jpg", quality=95)
         Image.fromarray(lbl).save(pseudo / "labels" / f"u{i}.png")
-    config = DataConfig(dataset="folder", data_dir=str(main), pseudo_label_dir=str(pseudo), crop_size=(16, 16),
-                        scale_min=1.0, scale_max=1.0, color_jitter=0.0)
-    labels = [y.numpy()[0] for _, y in build_dataset(config, "train", training=True, batch_size=1, repeat=False)]
+    config = DataConfig(
+        dataset="folder",
+        data_dir=str(main),
+        pseudo_label_dir=str(pseudo),
+        crop_size=(16, 16),
+        scale_min=1.0,
+        scale_max=1.0,
+        color_jitter=0.0,
+    )
+    labels = [
+        y.numpy()[0]
+        for _, y in build_dataset(config, "train", training=True, batch_size=1, repeat=False)
+    ]
     assert len(labels) == 5  # one epoch = 3 labelled + 2 pseudo-labelled images
     assert sum(int((l == 3).any()) for l in labels) == 2
     assert sum(int((l == 255).sum() == 64) for l in labels) == 1

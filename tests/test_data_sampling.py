@@ -27,8 +27,10 @@ def _rare_class_folder(root, n=10, size=64):
         lbl = np.zeros((size, size), np.uint8)
         if i < 2:  # a small class-1 square in two images only
             y, x = rng.integers(0, size - 4, 2)
-            lbl[y:y + 4, x:x + 4] = 1
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / "train/images" / f"{i}.png")
+            lbl[y : y + 4, x : x + 4] = 1
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            root / "train/images" / f"{i}.png"
+        )
         Image.fromarray(lbl).save(root / "train/labels" / f"{i}.png")
     (root / "classes.json").write_text(json.dumps({"names": ["background", "rare"]}))
 
@@ -42,8 +44,16 @@ def _share_with_rare(config, n=96):
 def test_class_uniform_crops_find_rare_class(tmp_path, monkeypatch):
     _rare_class_folder(tmp_path / "data")
     cache = tmp_path / "cache"
-    config = DataConfig(dataset="folder", data_dir=str(tmp_path / "data"), crop_size=(16, 16), scale_min=1.0,
-                        scale_max=1.0, class_uniform_fraction=1.0, class_uniform_tile=32, cache_dir=str(cache))
+    config = DataConfig(
+        dataset="folder",
+        data_dir=str(tmp_path / "data"),
+        crop_size=(16, 16),
+        scale_min=1.0,
+        scale_max=1.0,
+        class_uniform_fraction=1.0,
+        class_uniform_tile=32,
+        cache_dir=str(cache),
+    )
     uniform = _share_with_rare(config)
     files = list(cache.glob("centroids_folder_train_t32_*.json"))
     assert len(files) == 1
@@ -54,7 +64,9 @@ def test_class_uniform_crops_find_rare_class(tmp_path, monkeypatch):
     config = dataclasses.replace(config, class_uniform_fraction=0.0)
     assert _share_with_rare(config) < 0.15
     # The cache is reused, not recomputed.
-    monkeypatch.setattr(sampling, "compute_centroids", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(
+        sampling, "compute_centroids", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
+    )
     config = dataclasses.replace(config, class_uniform_fraction=0.5)
     build_dataset(config, "train", training=True, batch_size=4)
 

@@ -53,7 +53,11 @@ def test_scene_statistics_have_large_thin_and_small_structures():
     # Small objects at many sizes: car and person blobs from a few px to hundreds.
     for cls in (S.CAR, S.PERSON):
         sizes = np.concatenate([components(lbl == cls) for lbl in labels])
-        assert sizes.min() <= 30 and sizes.max() >= 600, (S.CLASS_NAMES[cls], sizes.min(), sizes.max())
+        assert sizes.min() <= 30 and sizes.max() >= 600, (
+            S.CLASS_NAMES[cls],
+            sizes.min(),
+            sizes.max(),
+        )
         assert len(sizes) >= 24
 
 

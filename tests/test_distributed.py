@@ -29,16 +29,27 @@ TIMEOUT = 900
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=f"{HELPERS}{os.pathsep}{REPO}", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="", **extra)
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{HELPERS}{os.pathsep}{REPO}",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        **extra,
+    )
     env.pop("TF_CONFIG", None)
     return env
 
 
 def _driver(tmp_path_factory, mode):
     out = tmp_path_factory.mktemp(mode) / "out.npz"
-    proc = subprocess.run([sys.executable, str(HELPERS / "mirrored_driver.py"), mode, str(out)], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, str(HELPERS / "mirrored_driver.py"), mode, str(out)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     data = np.load(out)
     return {k: data[k] for k in data.files}
@@ -64,11 +75,17 @@ def test_mirrored_two_replicas_matches_one_device(equivalence, how):
     """Same loss terms and the same updated weights (incl. BN moving statistics)."""
     single = json.loads(str(equivalence["single_logs"]))
     other = json.loads(str(equivalence["mirrored_logs" if how == "mloop" else "fit_logs"]))
-    assert set(single) == {"loss", "fused", "aux", "scale_0.5", "scale_1"} and set(other) == set(single)
+    assert set(single) == {"loss", "fused", "aux", "scale_0.5", "scale_1"} and set(other) == set(
+        single
+    )
     for key in single:
         np.testing.assert_allclose(other[key], single[key], rtol=1e-5, err_msg=key)
 
-    w0, ws, wm = _weights(equivalence, "w0"), _weights(equivalence, "w_single"), _weights(equivalence, f"w_{how}")
+    w0, ws, wm = (
+        _weights(equivalence, "w0"),
+        _weights(equivalence, "w_single"),
+        _weights(equivalence, f"w_{how}"),
+    )
     moving = [n for n in ws if n.endswith(("moving_mean", "moving_variance"))]
     trainable = [n for n in ws if n not in moving]
     # BN moving statistics come from the forward pass only: they must agree closely.
@@ -76,7 +93,13 @@ def test_mirrored_two_replicas_matches_one_device(equivalence, how):
         np.testing.assert_allclose(wm[name], ws[name], rtol=1e-4, atol=1e-5, err_msg=name)
     # The output layers' updates are well conditioned: they pin down the loss normalisation
     # and the gradient all-reduce (a per-replica mean or a MEAN all-reduce is off by >10%).
-    for name in ("seg_out/kernel", "seg_out/bias", "aux_out/kernel", "aux_out/bias", "attn_out/kernel"):
+    for name in (
+        "seg_out/kernel",
+        "seg_out/bias",
+        "aux_out/kernel",
+        "aux_out/bias",
+        "attn_out/kernel",
+    ):
         d_single, d_other = ws[name] - w0[name], wm[name] - w0[name]
         assert np.linalg.norm(d_single) > 0
         assert np.linalg.norm(d_other - d_single) <= 1e-3 * np.linalg.norm(d_single), name
@@ -114,7 +137,7 @@ def test_mixed_precision_overfits(precision, tag):
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     if tag.startswith("mixed_float16"):
         # the first steps overflow and are skipped (loss unchanged) while the scale adapts
-        assert 1.0 <= precision[f"{tag}_scale"] < 2.0 ** 15
+        assert 1.0 <= precision[f"{tag}_scale"] < 2.0**15
         assert len(set(np.round(losses, 5))) > 3, losses  # ...then it really trains
 
 
@@ -147,10 +170,24 @@ def test_multi_worker_custom_loop_identical_weights_chief_writes(tmp_path):
     for i in range(2):
         tmpdir = tmp_path / f"tmp{i}"
         tmpdir.mkdir()
-        procs.append(subprocess.Popen(
-            [sys.executable, str(HELPERS / "multiworker_driver.py"), str(i), str(ports[0]), str(ports[1]),
-             str(dirs[i]), str(outs[i])],
-            cwd=REPO, env=_env(TMPDIR=str(tmpdir)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HELPERS / "multiworker_driver.py"),
+                    str(i),
+                    str(ports[0]),
+                    str(ports[1]),
+                    str(dirs[i]),
+                    str(outs[i]),
+                ],
+                cwd=REPO,
+                env=_env(TMPDIR=str(tmpdir)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = []
     try:
         for p in procs:
@@ -173,8 +210,11 @@ def test_multi_worker_custom_loop_identical_weights_chief_writes(tmp_path):
     assert result == json.loads(str(b["result"]))  # same metrics on both workers
     chief = dirs[0]
     ckpts = sorted(os.listdir(chief / "checkpoints"))
-    assert "checkpoint" in ckpts and any(c.startswith("ckpt-2.") for c in ckpts) and \
-        any(c.startswith("ckpt-3.") for c in ckpts), ckpts
+    assert (
+        "checkpoint" in ckpts
+        and any(c.startswith("ckpt-2.") for c in ckpts)
+        and any(c.startswith("ckpt-3.") for c in ckpts)
+    ), ckpts
     for name in ("config.json", "best.keras", "last.keras", "history.json"):
         assert (chief / name).is_file(), name
     assert (chief / "logs" / "train").is_dir()

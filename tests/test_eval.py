@@ -29,8 +29,13 @@ def test_perfect_prediction_scores_one(tmp_path):
     write_folder_dataset(tmp_path)
     cfg = folder_config(tmp_path)
     info = get_dataset_info(cfg)
-    results = evaluate(ColourCodedModel(K), build_dataset(cfg, "val", training=False, batch_size=1), K,
-                       chains=[(1.0,), (0.5, 1.0)], class_names=info.class_names)
+    results = evaluate(
+        ColourCodedModel(K),
+        build_dataset(cfg, "val", training=False, batch_size=1),
+        K,
+        chains=[(1.0,), (0.5, 1.0)],
+        class_names=info.class_names,
+    )
     for r in results:
         assert r.num_images == 3
         assert r.metrics["miou"] == 1.0 and r.metrics["pixel_accuracy"] == 1.0
@@ -51,8 +56,13 @@ def model_split(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("model_split")
     write_folder_dataset(root, sizes=MODEL_SIZES)
     cfg = folder_config(root)
-    results = evaluate(tiny_model, build_dataset(cfg, "val", training=False, batch_size=1), K,
-                       chains=CHAINS, flip=True)
+    results = evaluate(
+        tiny_model,
+        build_dataset(cfg, "val", training=False, batch_size=1),
+        K,
+        chains=CHAINS,
+        flip=True,
+    )
     return cfg, results
 
 
@@ -71,7 +81,9 @@ def test_split_equals_direct_confusion_matrix(model_split, tiny_model):
             out = tiny_model.segment(normalize(image[None]), scales=chain, flip=True)
             expected += confusion_matrix(label[None].astype(np.int32), out["classes"], K).numpy()
         np.testing.assert_array_equal(r.confusion_matrix, expected)
-        assert r.num_images == 3 and expected.sum() == sum(int((lbl != 255).sum()) for _, lbl in pairs)
+        assert r.num_images == 3 and expected.sum() == sum(
+            int((lbl != 255).sum()) for _, lbl in pairs
+        )
 
 
 def test_tiled_evaluation_matches_untiled(model_split, tiny_model):
@@ -87,11 +99,18 @@ def test_tiled_evaluation_matches_untiled(model_split, tiny_model):
     for r, t in zip(results, covering):
         np.testing.assert_array_equal(t.confusion_matrix, r.confusion_matrix)
         assert t.metrics["tile_size"] == [64, 96]
-    tiled = evaluate(tiny_model, dataset, K, chains=CHAINS, flip=True, tile_size=(48, 48), tile_overlap=16)
+    tiled = evaluate(
+        tiny_model, dataset, K, chains=CHAINS, flip=True, tile_size=(48, 48), tile_overlap=16
+    )
     for r, t in zip(results, tiled):
-        np.testing.assert_array_equal(t.confusion_matrix.sum(1), r.confusion_matrix.sum(1))  # same pixels
+        np.testing.assert_array_equal(
+            t.confusion_matrix.sum(1), r.confusion_matrix.sum(1)
+        )  # same pixels
         total = r.confusion_matrix.sum()
-        assert abs(int(np.trace(t.confusion_matrix)) - int(np.trace(r.confusion_matrix))) <= 0.03 * total
+        assert (
+            abs(int(np.trace(t.confusion_matrix)) - int(np.trace(r.confusion_matrix)))
+            <= 0.03 * total
+        )
 
 
 def _save_stub_saved_model(path):
@@ -101,7 +120,9 @@ def _save_stub_saved_model(path):
     from hmsa_keras.data.normalization import normalize
 
     class Exported(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+        )
         def serve(self, images):
             out = stub.segment(normalize(images))
             return {"classes": out["classes"], "probabilities": tf.nn.softmax(out["logits"])}
@@ -147,8 +168,11 @@ def _fake_cityscapes(root, rng):
             idir.mkdir(parents=True, exist_ok=True)
             label_ids = rng.choice(ids, size=(8, 16)).repeat(4, 0).repeat(4, 1).astype(np.uint8)
             train = np.vectorize(lambda i: lut[i])(label_ids)
-            painted = np.where((train == 255) | (rng.random(train.shape) < 0.15),
-                               rng.integers(0, 19, size=train.shape), train)
+            painted = np.where(
+                (train == 255) | (rng.random(train.shape) < 0.15),
+                rng.integers(0, 19, size=train.shape),
+                train,
+            )
             from tests.eval_helpers import paint
 
             Image.fromarray(paint(painted)).save(idir / f"{stem}_leftImg8bit.png")
@@ -159,19 +183,29 @@ def test_official_cityscapes_evaluator_agrees(tmp_path):
     try:
         import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling  # noqa: F401
     except Exception as exc:  # not installed, or numpy without np.in1d
-        pytest.skip(f"cityscapesscripts is not importable ({exc.__class__.__name__}: {exc}); "
-                    "pip install cityscapesscripts (numpy < 2.4)")
+        pytest.skip(
+            f"cityscapesscripts is not importable ({exc.__class__.__name__}: {exc}); "
+            "pip install cityscapesscripts (numpy < 2.4)"
+        )
     from hmsa_keras.config import DataConfig
     from hmsa_keras.data import build_dataset, get_dataset_info, iter_pairs
     from hmsa_keras.evaluation import evaluate
-    from hmsa_keras.evaluation.cityscapes import CityscapesSubmissionWriter, official_cityscapes_eval
+    from hmsa_keras.evaluation.cityscapes import (
+        CityscapesSubmissionWriter,
+        official_cityscapes_eval,
+    )
 
     _fake_cityscapes(tmp_path / "cs", np.random.default_rng(1))
     cfg = DataConfig(dataset="cityscapes", data_dir=str(tmp_path / "cs"))
     info = get_dataset_info(cfg, "val")
     writer = CityscapesSubmissionWriter(str(tmp_path / "results"), iter_pairs(cfg, "val"))
-    ours = evaluate(ColourCodedModel(19), build_dataset(cfg, "val", training=False, batch_size=1), 19,
-                    class_names=info.class_names, on_batch=writer)[0].metrics
+    ours = evaluate(
+        ColourCodedModel(19),
+        build_dataset(cfg, "val", training=False, batch_size=1),
+        19,
+        class_names=info.class_names,
+        on_batch=writer,
+    )[0].metrics
     writer.close()
     assert writer.index == 3
     assert sorted(os.listdir(tmp_path / "results")) == ["aachen", "bochum"]
@@ -180,21 +214,29 @@ def test_official_cityscapes_evaluator_agrees(tmp_path):
     assert official["miou"] == pytest.approx(ours["miou"], abs=1e-12)
     for row in ours["per_class"]:
         theirs = official["class_iou"][row["name"]]
-        assert (np.isnan(theirs) and np.isnan(row["iou"])) or theirs == pytest.approx(row["iou"], abs=1e-12)
+        assert (np.isnan(theirs) and np.isnan(row["iou"])) or theirs == pytest.approx(
+            row["iou"], abs=1e-12
+        )
 
 
 # ------------------------------------------------------------------ CLI
-@pytest.mark.parametrize("args, message", [
-    ((), "--model_dir: give --model_dir"),
-    (("--model_dir={missing}",), "--model_dir: No model at"),
-    (("--model_dir={run}", "--scales=0.5,abc"), "--scales: bad scale chain"),
-    (("--model_dir={run}", "--scales=0,1"), "--scales: every scale must be"),
-    (("--model_dir={run}", "--sweep=1.0;x"), "--sweep: bad scale chain"),
-    (("--model_dir={run}", "--sweep=1.0", "--scales=1.0"), "--sweep: replaces --scales"),
-    (("--model_dir={run}", "--num_cpu_replicas=2"), "--num_cpu_replicas: only applies"),
-    (("--saved_model={missing}",), "--saved_model: "),
-    (("--model_dir={run}", "--sweep=1.0;0.5,1.0", "--cityscapes_submission_dir=x"), "needs a single chain"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((), "--model_dir: give --model_dir"),
+        (("--model_dir={missing}",), "--model_dir: No model at"),
+        (("--model_dir={run}", "--scales=0.5,abc"), "--scales: bad scale chain"),
+        (("--model_dir={run}", "--scales=0,1"), "--scales: every scale must be"),
+        (("--model_dir={run}", "--sweep=1.0;x"), "--sweep: bad scale chain"),
+        (("--model_dir={run}", "--sweep=1.0", "--scales=1.0"), "--sweep: replaces --scales"),
+        (("--model_dir={run}", "--num_cpu_replicas=2"), "--num_cpu_replicas: only applies"),
+        (("--saved_model={missing}",), "--saved_model: "),
+        (
+            ("--model_dir={run}", "--sweep=1.0;0.5,1.0", "--cityscapes_submission_dir=x"),
+            "needs a single chain",
+        ),
+    ],
+)
 def test_eval_cli_bad_flags(tmp_path, args, message):
     from hmsa_keras.cli import eval as cli
 
@@ -221,12 +263,29 @@ def test_eval_cli_mirrored_end_to_end(tmp_path, tiny_model, model_split):
 
     cfg, want = model_split
     run = write_run_dir(tmp_path / "run", tiny_model, cfg)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                        os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "hmsa_keras.cli.eval", f"--model_dir={run}", "--scales=1.0", "--flip",
-         "--strategy=mirrored", "--num_cpu_replicas=2", f"--output_dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "hmsa_keras.cli.eval",
+            f"--model_dir={run}",
+            "--scales=1.0",
+            "--flip",
+            "--strategy=mirrored",
+            "--num_cpu_replicas=2",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mIoU" in proc.stdout and "frequency-weighted IoU" in proc.stdout
     got = json.loads((tmp_path / "out" / f"metrics_{chain_tag((1.0,), True)}.json").read_text())
@@ -243,8 +302,15 @@ def test_sweep_report_and_files(tmp_path, model_split):
     assert "1+flip" in table and "0.5,1+flip" in table and "mIoU" in table
     paths = write_results(results, str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == sorted(
-        ["metrics_s1_flip.json", "metrics_s1_flip.csv", "metrics_s0.5-1_flip.json", "metrics_s0.5-1_flip.csv",
-         "sweep.json", "sweep.csv"])
+        [
+            "metrics_s1_flip.json",
+            "metrics_s1_flip.csv",
+            "metrics_s0.5-1_flip.json",
+            "metrics_s0.5-1_flip.csv",
+            "sweep.json",
+            "sweep.csv",
+        ]
+    )
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert [row["chain"] for row in sweep] == ["1+flip", "0.5,1+flip"]
     assert sweep[1]["miou"] == pytest.approx(results[1].metrics["miou"])

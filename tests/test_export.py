@@ -48,7 +48,9 @@ def module(model):
 
 @pytest.fixture(scope="module")
 def saved_model_dir(module, tmp_path_factory):
-    return S.export_saved_model(None, str(tmp_path_factory.mktemp("sm") / "saved_model"), module=module)
+    return S.export_saved_model(
+        None, str(tmp_path_factory.mktemp("sm") / "saved_model"), module=module
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +110,20 @@ def serving(saved_model_dir, tmp_path_factory):
     np.save(tmp / "images.npy", images)
     script = tmp / "serve.py"
     script.write_text(SERVING_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), saved_model_dir, str(tmp / "images.npy"),
-                           str(tmp / "out.npz")], capture_output=True, text=True, timeout=300, env=ENV,
-                          cwd=str(tmp))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            saved_model_dir,
+            str(tmp / "images.npy"),
+            str(tmp / "out.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=str(tmp),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     return images, dict(np.load(tmp / "out.npz")), info
@@ -118,8 +131,13 @@ def serving(saved_model_dir, tmp_path_factory):
 
 def test_saved_model_matches_keras_in_tensorflow_only_process(model, serving):
     images, out, info = serving
-    assert info["signatures"] == ["segment_with_scales", "serving_default", "serving_encoded",
-                                  "serving_encoded_png", "with_details"]
+    assert info["signatures"] == [
+        "segment_with_scales",
+        "serving_default",
+        "serving_encoded",
+        "serving_encoded_png",
+        "with_details",
+    ]
     ref = model.segment(normalize(images), scales=SCALES, flip=True, return_details=True)
     classes = ref["classes"].numpy()
     probs = tf.nn.softmax(ref["logits"]).numpy()
@@ -136,8 +154,9 @@ def test_segment_with_scales_takes_the_chain_at_request_time(model, serving):
     images, out, _ = serving
     ref = model.segment(normalize(images), scales=(0.5, 1.0, 2.0), flip=True)
     np.testing.assert_array_equal(out["segment_with_scales/classes"], ref["classes"].numpy())
-    np.testing.assert_allclose(out["segment_with_scales/probabilities"], tf.nn.softmax(ref["logits"]).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out["segment_with_scales/probabilities"], tf.nn.softmax(ref["logits"]).numpy(), atol=1e-5
+    )
 
 
 def test_bad_inputs_fail_with_clear_errors(serving):
@@ -145,12 +164,21 @@ def test_bad_inputs_fail_with_clear_errors(serving):
     TF Serving does not check fed shapes, so the graph's own assert must explain too."""
     errors = serving[2]["errors"]
     for what in ("channels", "rank"):
-        assert errors[what] and "serving_default_images" in errors[what] and "(None, None, None, 3)" in errors[what], \
+        assert (
             errors[what]
+            and "serving_default_images" in errors[what]
+            and "(None, None, None, 3)" in errors[what]
+        ), errors[what]
     assert errors["dtype"] and "uint8" in errors["dtype"], errors["dtype"]
     check = tf.function(S.check_images, input_signature=[tf.TensorSpec(None, tf.uint8)])
-    for bad in (np.zeros((1, 8, 8, 2), np.uint8), np.zeros((8, 8, 3), np.uint8), np.zeros((1, 0, 8, 3), np.uint8)):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"`images` must be a 4-D uint8 batch"):
+    for bad in (
+        np.zeros((1, 8, 8, 2), np.uint8),
+        np.zeros((8, 8, 3), np.uint8),
+        np.zeros((1, 0, 8, 3), np.uint8),
+    ):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=r"`images` must be a 4-D uint8 batch"
+        ):
             check(bad)
     assert check(np.zeros((0, 0, 0, 3), np.uint8)).shape == (0, 0, 0, 3)  # an empty batch is fine
 
@@ -169,7 +197,7 @@ def test_float32_tflite_dynamic_sizes_with_litert_alone(model, float32_tflite, t
     runner = os.path.join(ROOT, "export", "litert_runner.py")
     code = textwrap.dedent(f"""
         import runpy, sys
-        sys.argv = ["litert_runner.py", {float32_tflite!r}, *{paths!r}, "--out", {str(tmp_path / 'out')!r}, "--raw"]
+        sys.argv = ["litert_runner.py", {float32_tflite!r}, *{paths!r}, "--out", {str(tmp_path / "out")!r}, "--raw"]
         try:
             runpy.run_path({runner!r}, run_name="__main__")
         except SystemExit as exc:
@@ -177,8 +205,14 @@ def test_float32_tflite_dynamic_sizes_with_litert_alone(model, float32_tflite, t
         # hmsa_keras.conventions / image_io may come from the package; nothing heavier may
         assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "not standalone"
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV,
-                          cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for i, img in enumerate(images):
         got = np.asarray(Image.open(tmp_path / "out" / f"img{i}.png"))
@@ -201,7 +235,9 @@ def test_float32_tflite_probabilities_and_builtin_ops(model, float32_tflite):
     img = _images((48, 56, 3), 3)
     out = segmenter.segment(img, probabilities=True)
     ref = model.segment(normalize(img[None]), scales=SCALES, flip=True)
-    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(ref["logits"][0]).numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        out["probabilities"], tf.nn.softmax(ref["logits"][0]).numpy(), atol=1e-4
+    )
 
 
 def test_full_int8_converts_builtin_only_and_runs(module):
@@ -252,10 +288,15 @@ def test_mixed_precision_model_is_rebuilt_in_float32(model):
 def app_files(module, tmp_path_factory):
     """The float32 file with its metadata (embedded + sidecar), and a classes-only file."""
     tmp = tmp_path_factory.mktemp("app")
-    full, _ = tflite.write_tflite(str(tmp / "hmsa_float32.tflite"), module, "float32",
-                                  tflite.convert(module, "float32"))
-    slim, _ = tflite.write_tflite(str(tmp / "hmsa_classes.tflite"), module, "float32",
-                                  tflite.convert(module, "float32", outputs=("classes",)))
+    full, _ = tflite.write_tflite(
+        str(tmp / "hmsa_float32.tflite"), module, "float32", tflite.convert(module, "float32")
+    )
+    slim, _ = tflite.write_tflite(
+        str(tmp / "hmsa_classes.tflite"),
+        module,
+        "float32",
+        tflite.convert(module, "float32", outputs=("classes",)),
+    )
     return str(tmp / "hmsa_float32.tflite"), str(tmp / "hmsa_classes.tflite")
 
 
@@ -270,10 +311,18 @@ def test_tflite_metadata_is_embedded_and_beside_the_file(module, app_files, floa
     assert runner_read(path) == meta  # the TF-free runner reads the same
     os.remove(tflite.sidecar_path(path))
     assert tflite.read_metadata(path) == meta  # from the flatbuffer itself
-    assert meta["scales"] == list(SCALES) and meta["flip"] is True and meta["num_classes"] == TINY["num_classes"]
+    assert (
+        meta["scales"] == list(SCALES)
+        and meta["flip"] is True
+        and meta["num_classes"] == TINY["num_classes"]
+    )
     assert meta["class_names"] == module.class_names and meta["normalization"]["inside_graph"]
     assert meta["input"]["min_side"] == 16
-    assert meta["inputs"]["images"] == {"dtype": "uint8", "shape": [1, -1, -1, 3], "quantization": None}
+    assert meta["inputs"]["images"] == {
+        "dtype": "uint8",
+        "shape": [1, -1, -1, 3],
+        "quantization": None,
+    }
     assert set(meta["outputs"]) == {"classes", "probabilities"}
     assert meta["outputs"]["probabilities"]["dtype"] == "float32"
     # embedding changed nothing else: same outputs as the plain file
@@ -290,8 +339,9 @@ def test_classes_only_tflite(model, app_files):
     path = app_files[1]
     segmenter = LiteRTSegmenter(path)
     assert set(segmenter.outputs) == {"classes"}
-    assert tflite.read_metadata(path)["outputs"] == {"classes": {"dtype": "int32", "shape": [1, -1, -1],
-                                                                 "quantization": None}}
+    assert tflite.read_metadata(path)["outputs"] == {
+        "classes": {"dtype": "int32", "shape": [1, -1, -1], "quantization": None}
+    }
     with open(path, "rb") as f:
         assert "SOFTMAX" not in tflite.operator_codes(f.read())
     img = _images((48, 40, 3), 8)
@@ -311,14 +361,19 @@ def test_runner_input_contract(app_files, float32_tflite):
     assert str(err.value) == "street.png: " + conventions.min_size_problem(20, 50, SCALES)
     assert segmenter.segment_batch(np.zeros((0, 67, 93, 3), np.uint8)).shape == (0, 67, 93)
     batch = _images((2, 40, 48, 3), 9)
-    np.testing.assert_array_equal(segmenter.segment_batch(batch)[1], segmenter.segment(batch[1])["classes"])
+    np.testing.assert_array_equal(
+        segmenter.segment_batch(batch)[1], segmenter.segment(batch[1])["classes"]
+    )
     with pytest.raises(ValueError, match="expected uint8"):
         segmenter.segment(np.zeros((40, 40, 3), np.float32))
     bare = LiteRTSegmenter(float32_tflite)  # no metadata: the chain is unknown
     assert bare.metadata is None
     with pytest.raises(ValueError, match=r"tiny.png: .* cannot run on an image of 2x2 \(HxW\)"):
         bare.segment(np.zeros((2, 2, 3), np.uint8), name="tiny.png")
-    assert bare.segment(_images((40, 40, 3), 1))["classes"].shape == (40, 40)  # recovers after the error
+    assert bare.segment(_images((40, 40, 3), 1))["classes"].shape == (
+        40,
+        40,
+    )  # recovers after the error
 
 
 def test_full_int8_converter_log_names_the_uint8_input(module, capfd):
@@ -330,7 +385,10 @@ def test_full_int8_converter_log_names_the_uint8_input(module, capfd):
     assert "input_inference_type: UINT8" in out + err
     assert "input_inference_type: FLOAT32" not in out + err
     summary = tflite.io_summary(content)
-    assert summary["inputs"]["images"]["dtype"] == "uint8" and summary["inputs"]["images"]["quantization"] is None
+    assert (
+        summary["inputs"]["images"]["dtype"] == "uint8"
+        and summary["inputs"]["images"]["quantization"] is None
+    )
     assert summary["outputs"]["classes"]["dtype"] == "int32"
 
 
@@ -349,7 +407,9 @@ def test_selective_quantization_keeps_chosen_ops_in_float(module):
         return kinds
 
     plain = tflite.convert(module, "full_int8", representative_images=calibration)
-    kept = tflite.convert(module, "full_int8", representative_images=calibration, float_ops=("RESIZE_BILINEAR",))
+    kept = tflite.convert(
+        module, "full_int8", representative_images=calibration, float_ops=("RESIZE_BILINEAR",)
+    )
     assert float_resizes(plain) == {"int8"}
     assert float_resizes(kept) == {"float32"}
     with pytest.raises(ValueError, match="full_int8 only"):
@@ -367,14 +427,35 @@ def test_eval_reads_the_chain_from_exported_files(model, tmp_path, capsys):
     from hmsa_keras.export import export_model
     from tests.eval_helpers import write_folder_dataset
 
-    write_folder_dataset(tmp_path / "data", sizes=((64, 64), (64, 96), (48, 64)), num_classes=TINY["num_classes"])
+    write_folder_dataset(
+        tmp_path / "data", sizes=((64, 64), (64, 96), (48, 64)), num_classes=TINY["num_classes"]
+    )
     cfg = DataConfig(dataset="folder", data_dir=str(tmp_path / "data"), val_split="val")
-    export_model(model, str(tmp_path / "out"), scales=SCALES, flip=False, variants=("saved_model", "float32"),
-                 latency_size=None, warmup_size=(32, 32), echo=lambda line: None)
-    want = evaluate(model, build_dataset(cfg, "val", training=False, batch_size=1), TINY["num_classes"],
-                    chains=[SCALES])[0].metrics["miou"]
-    common = ["--dataset=folder", f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'eval'}"]
-    for flag in (f"--saved_model={tmp_path / 'out' / 'hmsa'}", f"--tflite={tmp_path / 'out' / 'hmsa_float32.tflite'}"):
+    export_model(
+        model,
+        str(tmp_path / "out"),
+        scales=SCALES,
+        flip=False,
+        variants=("saved_model", "float32"),
+        latency_size=None,
+        warmup_size=(32, 32),
+        echo=lambda line: None,
+    )
+    want = evaluate(
+        model,
+        build_dataset(cfg, "val", training=False, batch_size=1),
+        TINY["num_classes"],
+        chains=[SCALES],
+    )[0].metrics["miou"]
+    common = [
+        "--dataset=folder",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--output_dir={tmp_path / 'eval'}",
+    ]
+    for flag in (
+        f"--saved_model={tmp_path / 'out' / 'hmsa'}",
+        f"--tflite={tmp_path / 'out' / 'hmsa_float32.tflite'}",
+    ):
         assert cli.TOOL.invoke(cli.main, [flag, *common]) == 0
         printed = capsys.readouterr().out
         assert "scales 0.5,1: 3 images" in printed, printed
@@ -391,17 +472,23 @@ def test_full_int8_keeps_the_size_arithmetic_in_float(module):
     from ai_edge_litert.interpreter import Interpreter
 
     calibration = [_images((48, 48, 3), 22)]
-    plain = tflite.convert(module, "full_int8", representative_images=calibration, float_shape_math=False)
+    plain = tflite.convert(
+        module, "full_int8", representative_images=calibration, float_shape_math=False
+    )
     found = tflite.shape_math_nodes(plain)
     assert found, "the all-int8 file quantizes the size arithmetic (what this guards against)"
     fixed = tflite.convert(module, "full_int8", representative_images=calibration)
     assert tflite.shape_math_nodes(fixed) == []
     it = Interpreter(model_content=fixed)
-    assert any(np.dtype(d["dtype"]) == np.int8 and len(d["shape"]) == 4 for d in it.get_tensor_details())
+    assert any(
+        np.dtype(d["dtype"]) == np.int8 and len(d["shape"]) == 4 for d in it.get_tensor_details()
+    )
 
     def classes(content, image):
         interpreter = Interpreter(model_content=content)
-        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], image[None].shape)
+        interpreter.resize_tensor_input(
+            interpreter.get_input_details()[0]["index"], image[None].shape
+        )
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
         interpreter.invoke()
@@ -422,11 +509,27 @@ def test_hmsa_export_defaults_to_the_run_chain(model, tmp_path):
     from tests.eval_helpers import write_folder_dataset, write_run_dir
 
     write_folder_dataset(tmp_path / "data", sizes=((64, 64),), num_classes=TINY["num_classes"])
-    run = write_run_dir(tmp_path / "run", model, DataConfig(dataset="folder", data_dir=str(tmp_path / "data")),
-                        eval_scales=(0.5, 1.0))
+    run = write_run_dir(
+        tmp_path / "run",
+        model,
+        DataConfig(dataset="folder", data_dir=str(tmp_path / "data")),
+        eval_scales=(0.5, 1.0),
+    )
     out = tmp_path / "out"
-    assert cli.TOOL.invoke(cli.main, [f"--model_dir={run}", f"--output_dir={out}", "--variants=saved_model",
-                                      "--eval_images=0", "--latency_size=0", "--serving_version=2"]) == 0
+    assert (
+        cli.TOOL.invoke(
+            cli.main,
+            [
+                f"--model_dir={run}",
+                f"--output_dir={out}",
+                "--variants=saved_model",
+                "--eval_images=0",
+                "--latency_size=0",
+                "--serving_version=2",
+            ],
+        )
+        == 0
+    )
     with open(out / "hmsa" / "2" / S.METADATA_FILE) as f:
         assert json.load(f)["scales"] == [0.5, 1.0]
     with open(out / "export_report.json") as f:

@@ -39,13 +39,13 @@ def save_with_orientation(path, array, orientation, **kw):
 # written independently of PIL with NumPy.
 DISPLAY = {
     1: lambda a: a,
-    2: lambda a: a[:, ::-1],                          # mirror left-right
-    3: lambda a: a[::-1, ::-1],                       # rotate 180
-    4: lambda a: a[::-1],                             # mirror top-bottom
-    5: lambda a: np.swapaxes(a, 0, 1),                # transpose
-    6: lambda a: np.rot90(a, k=-1),                   # rotate 90 clockwise
-    7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),    # transverse
-    8: lambda a: np.rot90(a, k=1),                    # rotate 90 counter-clockwise
+    2: lambda a: a[:, ::-1],  # mirror left-right
+    3: lambda a: a[::-1, ::-1],  # rotate 180
+    4: lambda a: a[::-1],  # mirror top-bottom
+    5: lambda a: np.swapaxes(a, 0, 1),  # transpose
+    6: lambda a: np.rot90(a, k=-1),  # rotate 90 clockwise
+    7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),  # transverse
+    8: lambda a: np.rot90(a, k=1),  # rotate 90 counter-clockwise
 }
 STORED_FOR_UPRIGHT = {6: lambda a: np.rot90(a, k=1)}  # how a phone stores an upright picture (o=6)
 
@@ -78,8 +78,9 @@ def run_check(config):
 
 
 # ------------------------------------------------------------------------ 1. 16-bit images
-@pytest.mark.parametrize("mode,dtype,ext", [("I;16", "<u2", "png"), ("I;16B", ">u2", "tif"),
-                                            ("I", "<i4", "tif")])
+@pytest.mark.parametrize(
+    "mode,dtype,ext", [("I;16", "<u2", "png"), ("I;16B", ">u2", "tif"), ("I", "<i4", "tif")]
+)
 def test_16bit_grey_image_is_reduced_to_8_bits_not_white(tmp_path, mode, dtype, ext):
     grey8 = photo(20, 30)[..., 0]
     low = np.arange(30)[None, :] * 37 % 256  # the low byte: anything
@@ -119,11 +120,17 @@ def test_other_modes_as_before(tmp_path):
 
 def test_data_check_warns_about_16bit_images(tmp_path):
     labels = np.zeros((16, 16), np.uint8)
-    config = folder_dataset(tmp_path, [
-        ("deep", lambda p: Image.fromarray(np.full((16, 16), 3000, np.uint16)).save(p),
-         lambda p: Image.fromarray(labels).save(p)),
-        ("plain", save_photo(16, 16), lambda p: Image.fromarray(labels).save(p)),
-    ])
+    config = folder_dataset(
+        tmp_path,
+        [
+            (
+                "deep",
+                lambda p: Image.fromarray(np.full((16, 16), 3000, np.uint16)).save(p),
+                lambda p: Image.fromarray(labels).save(p),
+            ),
+            ("plain", save_photo(16, 16), lambda p: Image.fromarray(labels).save(p)),
+        ],
+    )
     status, out = run_check(config)
     assert status == 0, out
     assert "1 warning(s)" in out
@@ -160,9 +167,16 @@ def test_label_drawn_on_the_upright_photo_matches_it(tmp_path):
     image as read (ignoring EXIF, the two were 90 degrees apart and nothing noticed)."""
     upright = photo(32, 32, seed=5)
     label = (upright[..., 0] > 127).astype(np.uint8)
-    config = folder_dataset(tmp_path, [
-        ("sq", lambda p: save_with_orientation(p, STORED_FOR_UPRIGHT[6](upright), 6),
-         lambda p: Image.fromarray(label).save(p))])
+    config = folder_dataset(
+        tmp_path,
+        [
+            (
+                "sq",
+                lambda p: save_with_orientation(p, STORED_FOR_UPRIGHT[6](upright), 6),
+                lambda p: Image.fromarray(label).save(p),
+            )
+        ],
+    )
     from hmsa_keras.data import get_dataset_info, iter_pairs, load_image_label
 
     image, lbl = load_image_label(*iter_pairs(config, "train")[0], get_dataset_info(config))
@@ -175,24 +189,27 @@ def test_label_drawn_on_the_upright_photo_matches_it(tmp_path):
 
 def test_size_mismatch_names_the_displayed_size_and_the_rotation(tmp_path):
     stored = photo(30, 50)  # shown as 30 wide x 50 high
-    config = folder_dataset(tmp_path, [
-        ("p", lambda p: save_with_orientation(p, stored, 6),
-         save_label(30, 50))])  # a label of the stored pixels
+    config = folder_dataset(
+        tmp_path, [("p", lambda p: save_with_orientation(p, stored, 6), save_label(30, 50))]
+    )  # a label of the stored pixels
     from hmsa_keras.data import get_dataset_info, iter_pairs, load_image_label
 
     with pytest.raises(DataError) as err:
         load_image_label(*iter_pairs(config, "train")[0], get_dataset_info(config))
     text = str(err.value)
     assert "label size 50x30 (WxH) differs from its image" in text
-    assert ("(30x50 as displayed: its EXIF orientation 6 (rotated 90 degrees clockwise) was "
-            "applied; stored as 50x30)") in text
+    assert (
+        "(30x50 as displayed: its EXIF orientation 6 (rotated 90 degrees clockwise) was "
+        "applied; stored as 50x30)"
+    ) in text
     assert "made without the EXIF rotation" in text
     for level in ("headers", "full"):  # the build-time check says the same
         from hmsa_keras.data import build_dataset
 
         with pytest.raises(DataError, match="30x50 as displayed"):
-            build_dataset(dataclass_replace(config, validate=level), "train", training=False,
-                          batch_size=1)
+            build_dataset(
+                dataclass_replace(config, validate=level), "train", training=False, batch_size=1
+            )
     status, out = run_check(config)
     assert status == 1 and "30x50 as displayed" in out
 
@@ -204,16 +221,21 @@ def dataclass_replace(config, **kw):
 
 
 # ------------------------------------------------------------------------ 3. the array contract
-@pytest.mark.parametrize("make,fragments", [
-    (lambda: photo().astype(np.float32) / 255.0, ["got float32 with values in [",
-                                                  "(x * 255).round()"]),
-    (lambda: photo().astype(np.uint16) * 257, ["got uint16", "(x >> 8).astype(np.uint8)"]),
-    (lambda: photo()[None], ["got a batch of shape (1, 24, 36, 3)", "image[0]"]),
-    (lambda: photo()[..., 0], ["greyscale array of shape (24, 36)"]),
-    (lambda: np.concatenate([photo(), photo()[..., :1]], -1), ["4 channels", "x[..., :3]"]),
-    (lambda: "street.png", ["got a path 'street.png'", "read_image(path)"]),
-    (lambda: np.zeros((0, 5, 3), np.uint8), ["empty image"]),
-])
+@pytest.mark.parametrize(
+    "make,fragments",
+    [
+        (
+            lambda: photo().astype(np.float32) / 255.0,
+            ["got float32 with values in [", "(x * 255).round()"],
+        ),
+        (lambda: photo().astype(np.uint16) * 257, ["got uint16", "(x >> 8).astype(np.uint8)"]),
+        (lambda: photo()[None], ["got a batch of shape (1, 24, 36, 3)", "image[0]"]),
+        (lambda: photo()[..., 0], ["greyscale array of shape (24, 36)"]),
+        (lambda: np.concatenate([photo(), photo()[..., :1]], -1), ["4 channels", "x[..., :3]"]),
+        (lambda: "street.png", ["got a path 'street.png'", "read_image(path)"]),
+        (lambda: np.zeros((0, 5, 3), np.uint8), ["empty image"]),
+    ],
+)
 def test_segment_image_refuses_other_arrays_with_what_to_pass(make, fragments):
     import hmsa_keras
 
@@ -242,9 +264,12 @@ def test_uint8_rgb_is_accepted_and_float_results_differ(tiny_model):
 # ------------------------------------------------------------------------ 4. dataset versions
 def mapillary(root, version_labels, layout="v1.2", n_images=1, label_value=0):
     """A Mapillary folder: class file(s) and one training pair."""
+
     def table(n):
-        labels = [{"name": f"class--{i}", "readable": f"Class {i}", "color": [i % 256, 0, 0]}
-                  for i in range(n - 1)]
+        labels = [
+            {"name": f"class--{i}", "readable": f"Class {i}", "color": [i % 256, 0, 0]}
+            for i in range(n - 1)
+        ]
         last = {"name": "void--unlabeled", "readable": "Unlabeled", "color": [0, 0, 0]}
         return {"labels": labels + [last]}
 
@@ -265,8 +290,9 @@ def mapillary(root, version_labels, layout="v1.2", n_images=1, label_value=0):
         Image.fromarray(np.full((16, 16), label_value, np.uint8)).save(lbl_dir / f"k{i}.png")
         if layout != "v1.2":
             save_label(16, 16)(root / "training" / "v1.2" / "labels" / f"k{i}.png")
-    return DataConfig(dataset="mapillary", data_dir=str(root), train_split="train",
-                      val_split="train")
+    return DataConfig(
+        dataset="mapillary", data_dir=str(root), train_split="train", val_split="train"
+    )
 
 
 def test_mapillary_v2_table_is_not_taken_as_v1_2(tmp_path):
@@ -286,12 +312,18 @@ def test_mapillary_v2_table_is_not_taken_as_v1_2(tmp_path):
 def test_mapillary_table_of_another_length_names_both_counts(tmp_path):
     from hmsa_keras.data import get_dataset_info
 
-    with pytest.raises(DataError, match=r"config.json: 70 labels listed, but Mapillary Vistas v1.2 "
-                                        r"has 66"):
+    with pytest.raises(
+        DataError,
+        match=r"config.json: 70 labels listed, but Mapillary Vistas v1.2 "
+        r"has 66",
+    ):
         get_dataset_info(mapillary(tmp_path, 70))
-    with pytest.raises(DataError, match=r"config.json: 66 labels listed, but Mapillary Vistas v2.0 "
-                                        r"has 124 .*v1.2 class table: pass "
-                                        r"--mapillary_version=1.2"):
+    with pytest.raises(
+        DataError,
+        match=r"config.json: 66 labels listed, but Mapillary Vistas v2.0 "
+        r"has 124 .*v1.2 class table: pass "
+        r"--mapillary_version=1.2",
+    ):
         get_dataset_info(dataclass_replace(mapillary(tmp_path, 66), mapillary_version="2.0"))
 
 
@@ -300,8 +332,9 @@ def test_mapillary_both_versions_supported(tmp_path):
 
     v12 = get_dataset_info(mapillary(tmp_path / "a", 66))
     assert v12.num_classes == 65 and v12.lut[65] == 255 and v12.lut[66] == -1
-    config = dataclass_replace(mapillary(tmp_path / "b", None, layout="release2", label_value=123),
-                               mapillary_version="2.0")
+    config = dataclass_replace(
+        mapillary(tmp_path / "b", None, layout="release2", label_value=123), mapillary_version="2.0"
+    )
     info = get_dataset_info(config)
     assert info.num_classes == 123 and info.class_names[122] == "Class 122" and info.lut[123] == 255
     pairs = iter_pairs(config, "train")
@@ -336,22 +369,31 @@ def test_segment_image_refuses_a_tiny_image_in_one_line():
     assert str(err.value) == (
         "tiny.png: image of 31x100 (HxW) is 15x50 at scale 0.5: every side must be at least 16 "
         "pixels at every scale of the chain, i.e. at least 32 pixels at scale 0.5; use a larger "
-        "image or drop scale 0.5")
+        "image or drop scale 0.5"
+    )
 
 
 def test_eval_refuses_a_tiny_image_up_front(tmp_path):
     from hmsa_keras.data.pipeline import check_eval_inputs
 
-    config = folder_dataset(tmp_path, [("big", save_photo(64, 64), save_label(64, 64)),
-                                       ("small", save_photo(20, 64), save_label(20, 64))])
+    config = folder_dataset(
+        tmp_path,
+        [
+            ("big", save_photo(64, 64), save_label(64, 64)),
+            ("small", save_photo(20, 64), save_label(20, 64)),
+        ],
+    )
     check_eval_inputs(config, "train", 1, (1.0,))  # 20 px is enough at scale 1
     with pytest.raises(DataError) as err:
         check_eval_inputs(config, "train", 1, (0.5, 1.0))
     assert "small.png: image of 20x64 (HxW) is 10x32 at scale 0.5" in str(err.value)
     assert "\n" not in str(err.value)
     long_edge = dataclass_replace(config, eval_long_edge=32)  # the size after the eval resize
-    with pytest.raises(DataError, match=r"small.png: image of 10x32 \(HxW\) is 5x16 at scale 0.5.*"
-                                        r"after the evaluation resize"):
+    with pytest.raises(
+        DataError,
+        match=r"small.png: image of 10x32 \(HxW\) is 5x16 at scale 0.5.*"
+        r"after the evaluation resize",
+    ):
         check_eval_inputs(long_edge, "train", 1, (0.5, 1.0))
 
 
@@ -360,8 +402,9 @@ def test_eval_batches_of_mixed_sizes_stop_up_front(tmp_path):
     from hmsa_keras.data.pipeline import check_eval_inputs, eval_image_sizes
 
     sizes = (("a", 32, 48), ("b", 32, 48), ("c", 48, 32))
-    config = folder_dataset(tmp_path, [(s, save_photo(h, w), save_label(h, w))
-                                       for s, h, w in sizes])
+    config = folder_dataset(
+        tmp_path, [(s, save_photo(h, w), save_label(h, w)) for s, h, w in sizes]
+    )
     check_eval_inputs(config, "train", 1, (1.0,))
     check_eval_inputs(config, "train", 2, (1.0,), max_images=2)  # a and b share a size
     with pytest.raises(DataError) as err:
@@ -380,11 +423,17 @@ def test_eval_resize_twin_matches_the_pipeline():
     from hmsa_keras.data.augment import resize_long_edge
     from hmsa_keras.data.pipeline import eval_resized_hw
 
-    cases = [((375, 500), 2177, True), ((333, 1001), 512, False), ((100, 37), 64, False),
-             ((61, 91), 2177, True), ((480, 640), 480, False)]
+    cases = [
+        ((375, 500), 2177, True),
+        ((333, 1001), 512, False),
+        ((100, 37), 64, False),
+        ((61, 91), 2177, True),
+        ((480, 640), 480, False),
+    ]
     for (h, w), edge, up in cases:
-        image, _ = resize_long_edge(tf.zeros((h, w, 3), tf.uint8), tf.zeros((h, w), tf.uint8), edge,
-                                    upscale=up)
+        image, _ = resize_long_edge(
+            tf.zeros((h, w, 3), tf.uint8), tf.zeros((h, w), tf.uint8), edge, upscale=up
+        )
         assert tuple(image.shape[:2]) == eval_resized_hw(h, w, edge, up), (h, w, edge, up)
 
 
@@ -409,9 +458,16 @@ def test_predict_reads_16bit_and_rotated_files_like_their_plain_copies(tmp_path,
     Image.fromarray(upright).save(inputs / "upright.png")
     save_with_orientation(inputs / "sideways.png", STORED_FOR_UPRIGHT[6](upright), 6)
     out = tmp_path / "out"
-    status = predict.TOOL.invoke(predict.main, [f"--model_dir={run}", f"--input={inputs}",
-                                                f"--output_dir={out}", "--save_raw",
-                                                "--novisualize"])
+    status = predict.TOOL.invoke(
+        predict.main,
+        [
+            f"--model_dir={run}",
+            f"--input={inputs}",
+            f"--output_dir={out}",
+            "--save_raw",
+            "--novisualize",
+        ],
+    )
     assert status == 0
 
     def label(stem):
@@ -423,8 +479,10 @@ def test_predict_reads_16bit_and_rotated_files_like_their_plain_copies(tmp_path,
 
     Image.fromarray(photo(20, 64)).save(inputs / "tiny.png")
     with pytest.raises(app.UsageError) as err:
-        predict.TOOL.invoke(predict.main, [f"--model_dir={run}", f"--input={inputs / 'tiny.png'}",
-                                           f"--output_dir={out}"])
+        predict.TOOL.invoke(
+            predict.main,
+            [f"--model_dir={run}", f"--input={inputs / 'tiny.png'}", f"--output_dir={out}"],
+        )
     expected = f"{inputs / 'tiny.png'}: image of 20x64 (HxW) is 10x32 at scale 0.5"
     assert str(err.value).startswith(expected)
     assert "\n" not in str(err.value)

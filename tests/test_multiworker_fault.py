@@ -40,8 +40,13 @@ def _start(index, ports, model_dir, logs):
     env.pop("TF_CONFIG", None)
     out = open(logs / f"worker{index}.out", "a")
     err = open(logs / f"worker{index}.err", "a")
-    return subprocess.Popen([sys.executable, str(DRIVER), str(index), str(ports[0]), str(ports[1]),
-                             str(model_dir)], cwd=REPO, env=env, stdout=out, stderr=err)
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), str(index), str(ports[0]), str(ports[1]), str(model_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=err,
+    )
 
 
 def _log(logs, index, stream):
@@ -59,8 +64,9 @@ def _run_to_end(ports, model_dir, logs):
                 p.kill()
                 p.wait()
     for i, p in enumerate(procs):
-        assert p.returncode == 0, \
+        assert p.returncode == 0, (
             f"worker {i}:\n{_log(logs, i, 'out')[-3000:]}\n{_log(logs, i, 'err')[-6000:]}"
+        )
 
 
 def _weights(keras_file):
@@ -70,6 +76,7 @@ def _weights(keras_file):
     out = {}
     with zipfile.ZipFile(keras_file) as archive, archive.open("model.weights.h5") as f:
         with h5py.File(f, "r") as h5:
+
             def keep(name, obj):
                 if isinstance(obj, h5py.Dataset):
                     out[name] = obj[()]
@@ -94,8 +101,9 @@ def test_killed_worker_survivor_exits_and_restart_resumes_to_the_same_weights(tm
     try:
         deadline = time.time() + RUN_TIMEOUT
         while not (run_dir / "checkpoints" / "ckpt-2.index").exists():
-            assert time.time() < deadline and all(p.poll() is None for p in procs), \
+            assert time.time() < deadline and all(p.poll() is None for p in procs), (
                 _log(logs, 0, "out") + _log(logs, 0, "err")[-4000:]
+            )
             time.sleep(0.05)
         procs[1].send_signal(signal.SIGKILL)
         killed_at = time.time()
@@ -111,8 +119,9 @@ def test_killed_worker_survivor_exits_and_restart_resumes_to_the_same_weights(tm
     message = [line for line in err.splitlines() if line.startswith("hmsa-train: error:")]
     assert len(message) == 1, err[-6000:]
     text = message[0]
-    assert f"worker 0 lost contact with worker 1 (127.0.0.1:{ports[1]}) during training step" \
-        in text
+    assert (
+        f"worker 0 lost contact with worker 1 (127.0.0.1:{ports[1]}) during training step" in text
+    )
     assert "The last checkpoint is " in text
     assert "restart every worker with the same command" in text
     assert "Traceback" not in err, err[-6000:]
@@ -125,8 +134,10 @@ def test_killed_worker_survivor_exits_and_restart_resumes_to_the_same_weights(tm
     assert "Starting a new run" in out and "Resuming from " in out, out  # first run, then resume
     resumed = _weights(run_dir / "last.keras")
     assert sorted(resumed) == sorted(reference)
-    worst = max(float(np.max(np.abs(resumed[k] - reference[k]))) if resumed[k].size else 0.0
-                for k in reference)
+    worst = max(
+        float(np.max(np.abs(resumed[k] - reference[k]))) if resumed[k].size else 0.0
+        for k in reference
+    )
     print(f"largest weight difference to the uninterrupted run: {worst:.3g}")
     for k in reference:
         np.testing.assert_allclose(resumed[k], reference[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -40,8 +40,9 @@ def torch_sgd_numpy(init, grads, lrs, momentum, weight_decay):
     return np.stack(out)
 
 
-def poly_lr_numpy(step, base, total, power, warmup=0, granularity="iteration",
-                  steps_per_epoch=None):
+def poly_lr_numpy(
+    step, base, total, power, warmup=0, granularity="iteration", steps_per_epoch=None
+):
     """The schedule written out in plain Python (see WarmupPolyDecay's docstring)."""
     if granularity == "epoch":
         epoch = step // steps_per_epoch
@@ -60,13 +61,26 @@ def golden():
 
 def _case(golden, case):
     base_lr, momentum, wd, power, epochs, spe = golden[f"{case}/settings"].tolist()
-    names = sorted({k.split("/", 1)[1].rsplit("/", 1)[0] for k in golden if k.startswith(case + "/")
-                    and k.endswith("/init")})
-    return dict(base_lr=base_lr, momentum=momentum, wd=wd, power=power, epochs=int(epochs),
-                spe=int(spe), names=names, lrs=golden[f"{case}/lr"],
-                init={n: golden[f"{case}/{n}/init"] for n in names},
-                grads={n: golden[f"{case}/{n}/grads"] for n in names},
-                after={n: golden[f"{case}/{n}/after"] for n in names})
+    names = sorted(
+        {
+            k.split("/", 1)[1].rsplit("/", 1)[0]
+            for k in golden
+            if k.startswith(case + "/") and k.endswith("/init")
+        }
+    )
+    return dict(
+        base_lr=base_lr,
+        momentum=momentum,
+        wd=wd,
+        power=power,
+        epochs=int(epochs),
+        spe=int(spe),
+        names=names,
+        lrs=golden[f"{case}/lr"],
+        init={n: golden[f"{case}/{n}/init"] for n in names},
+        grads={n: golden[f"{case}/{n}/grads"] for n in names},
+        after={n: golden[f"{case}/{n}/after"] for n in names},
+    )
 
 
 def _replay(c, optimizer, check_lr=True):
@@ -79,8 +93,11 @@ def _replay(c, optimizer, check_lr=True):
     lrs = []
     for k in range(len(c["lrs"])):
         lrs.append(float(optimizer.learning_rate))
-        pairs = [(c["grads"][n][k], v) for n, v in variables.items()
-                 if not np.isnan(c["grads"][n][k]).any()]
+        pairs = [
+            (c["grads"][n][k], v)
+            for n, v in variables.items()
+            if not np.isnan(c["grads"][n][k]).any()
+        ]
         optimizer.apply_gradients(pairs)
         for n, v in variables.items():
             out[n].append(np.asarray(v.numpy()))
@@ -94,9 +111,14 @@ def _max_diff(got, want):
 def _reference_optimizer(c, **overrides):
     from hmsa_keras.training.optimizer import build_optimizer
 
-    kwargs = dict(momentum=c["momentum"], weight_decay=c["wd"], lr_power=c["power"],
-                  weight_decay_mode="coupled", lr_schedule_granularity="epoch",
-                  steps_per_epoch=c["spe"])
+    kwargs = dict(
+        momentum=c["momentum"],
+        weight_decay=c["wd"],
+        lr_power=c["power"],
+        weight_decay_mode="coupled",
+        lr_schedule_granularity="epoch",
+        steps_per_epoch=c["spe"],
+    )
     kwargs.update(overrides)
     return build_optimizer(None, c["base_lr"], c["epochs"] * c["spe"], **kwargs)
 
@@ -108,8 +130,10 @@ def test_golden_file_is_what_the_script_says(golden):
     assert (c["base_lr"], c["momentum"], c["wd"], c["power"]) == (5e-3, 0.9, 1e-4, 2.0)
     assert {"bn/gamma", "bn/beta", "conv/bias"} <= set(c["names"])
     # the LR really is stepped per epoch: constant within an epoch, (1 - e/E)^p across
-    want = [c["base_lr"] * (1 - (k // c["spe"]) / c["epochs"]) ** c["power"]
-            for k in range(len(c["lrs"]))]
+    want = [
+        c["base_lr"] * (1 - (k // c["spe"]) / c["epochs"]) ** c["power"]
+        for k in range(len(c["lrs"]))
+    ]
     np.testing.assert_allclose(c["lrs"], want, rtol=1e-12)
 
 
@@ -128,8 +152,13 @@ def test_coupled_epoch_mode_reproduces_torch_step_by_step(golden, case):
     np.testing.assert_allclose(lrs, c["lrs"], rtol=1e-7)
     for n in c["names"]:
         for k in range(len(c["lrs"])):
-            np.testing.assert_allclose(got[n][k], c["after"][n][k], atol=TOLERANCE, rtol=0,
-                                       err_msg=f"{case}: {n} after step {k + 1}")
+            np.testing.assert_allclose(
+                got[n][k],
+                c["after"][n][k],
+                atol=TOLERANCE,
+                rtol=0,
+                err_msg=f"{case}: {n} after step {k + 1}",
+            )
     # the skipped parameter really was skipped: no decay, no momentum on its no-gradient steps
     attention = got["attention/kernel"]
     skipped = [k for k in range(len(c["lrs"])) if np.isnan(c["grads"]["attention/kernel"][k]).any()]
@@ -146,16 +175,24 @@ def test_other_conventions_are_far_from_the_golden(golden):
     c = _case(golden, "reference")
     from hmsa_keras.training.optimizer import WarmupPolyDecay
 
-    schedule = WarmupPolyDecay(c["base_lr"], c["epochs"] * c["spe"], c["power"],
-                               granularity="epoch", steps_per_epoch=c["spe"])
+    schedule = WarmupPolyDecay(
+        c["base_lr"],
+        c["epochs"] * c["spe"],
+        c["power"],
+        granularity="epoch",
+        steps_per_epoch=c["spe"],
+    )
     # Keras SGD fed the torch-coupled gradient g + wd * w: right decay, wrong momentum convention
     opt = keras.optimizers.SGD(schedule, momentum=c["momentum"])
     variables = {n: keras.Variable(c["init"][n]) for n in c["names"]}
     opt.build(list(variables.values()))
     out = {n: [] for n in c["names"]}
     for k in range(len(c["lrs"])):
-        pairs = [(c["grads"][n][k] + c["wd"] * v.numpy(), v) for n, v in variables.items()
-                 if not np.isnan(c["grads"][n][k]).any()]
+        pairs = [
+            (c["grads"][n][k] + c["wd"] * v.numpy(), v)
+            for n, v in variables.items()
+            if not np.isnan(c["grads"][n][k]).any()
+        ]
         opt.apply_gradients(pairs)
         for n, v in variables.items():
             out[n].append(np.asarray(v.numpy()))
@@ -164,8 +201,10 @@ def test_other_conventions_are_far_from_the_golden(golden):
     decoupled_diff = _max_diff(decoupled, c["after"])
     iteration, _ = _replay(c, _reference_optimizer(c, lr_schedule_granularity="iteration"))
     iteration_diff = _max_diff(iteration, c["after"])
-    print(f"max |x - torch|: Keras velocity {velocity_diff:.3g}, decoupled {decoupled_diff:.3g}, "
-          f"per-iteration poly {iteration_diff:.3g}")
+    print(
+        f"max |x - torch|: Keras velocity {velocity_diff:.3g}, decoupled {decoupled_diff:.3g}, "
+        f"per-iteration poly {iteration_diff:.3g}"
+    )
     assert min(velocity_diff, decoupled_diff, iteration_diff) > 10 * TOLERANCE
 
 
@@ -177,32 +216,46 @@ def test_coupled_iteration_mode_matches_numpy_torch_model():
     steps, base, power, warmup, mu, wd = 14, 0.08, 0.9, 3, 0.9, 0.01
     lrs = [poly_lr_numpy(k, base, steps, power, warmup) for k in range(steps)]
     names = ["conv/kernel", "bn/gamma", "conv/bias"]
-    c = dict(names=names, lrs=lrs,
-             init={n: rng.standard_normal((3, 2)).astype(np.float32) for n in names},
-             grads={n: (0.1 * rng.standard_normal((steps, 3, 2))).astype(np.float32)
-                    for n in names})
-    opt = build_optimizer(None, base, steps, momentum=mu, weight_decay=wd, lr_power=power,
-                          warmup_steps=warmup, weight_decay_mode="coupled")
+    c = dict(
+        names=names,
+        lrs=lrs,
+        init={n: rng.standard_normal((3, 2)).astype(np.float32) for n in names},
+        grads={n: (0.1 * rng.standard_normal((steps, 3, 2))).astype(np.float32) for n in names},
+    )
+    opt = build_optimizer(
+        None,
+        base,
+        steps,
+        momentum=mu,
+        weight_decay=wd,
+        lr_power=power,
+        warmup_steps=warmup,
+        weight_decay_mode="coupled",
+    )
     got, used = _replay(c, opt)
     np.testing.assert_allclose(used, lrs, rtol=1e-6)
     want = {n: torch_sgd_numpy(c["init"][n], c["grads"][n], lrs, mu, wd) for n in names}
     assert _max_diff(got, want) < TOLERANCE
 
 
-@pytest.mark.parametrize("power, warmup, spe, total",
-                         [(1.0, 0, 4, 20), (2.0, 0, 3, 12), (0.9, 6, 5, 15), (2.0, 0, 4, 10)])
+@pytest.mark.parametrize(
+    "power, warmup, spe, total",
+    [(1.0, 0, 4, 20), (2.0, 0, 3, 12), (0.9, 6, 5, 15), (2.0, 0, 4, 10)],
+)
 def test_epoch_schedule_matches_formula(power, warmup, spe, total):
     import keras
 
     from hmsa_keras.training.optimizer import WarmupPolyDecay
 
     base = 0.01
-    schedule = WarmupPolyDecay(base, total, power=power, warmup_steps=warmup, granularity="epoch",
-                               steps_per_epoch=spe)
+    schedule = WarmupPolyDecay(
+        base, total, power=power, warmup_steps=warmup, granularity="epoch", steps_per_epoch=spe
+    )
     for t in list(range(total + 3)):
         want = poly_lr_numpy(t, base, total, power, warmup, "epoch", spe)
-        np.testing.assert_allclose(float(schedule(t)), want, rtol=1e-7, atol=1e-12,
-                                   err_msg=f"step {t}")
+        np.testing.assert_allclose(
+            float(schedule(t)), want, rtol=1e-7, atol=1e-12, err_msg=f"step {t}"
+        )
     again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
     assert isinstance(again, WarmupPolyDecay) and again.get_config() == schedule.get_config()
     assert again.get_config()["granularity"] == "epoch"
@@ -270,8 +323,9 @@ def test_coupled_decays_every_trainable_variable_including_bn_and_bias():
     for v in model.weights:
         v.assign(np.full(v.shape, 2.0, np.float32))
     lr, wd = 0.5, 0.1
-    opt = build_optimizer(model, lr, total_steps=10, momentum=0.9, weight_decay=wd,
-                          weight_decay_mode="coupled")
+    opt = build_optimizer(
+        model, lr, total_steps=10, momentum=0.9, weight_decay=wd, weight_decay_mode="coupled"
+    )
     variables = model.trainable_variables
     assert {"bn/gamma", "bn/beta", "conv_bias/bias", "dense/bias"} <= {v.path for v in variables}
     opt.apply_gradients([(tf.zeros_like(v), v) for v in variables])  # first step: buf = wd * w
@@ -289,11 +343,23 @@ def test_frozen_layer_gets_no_update_and_no_decay():
     model.get_layer("frozen_conv").trainable = False
     frozen = model.get_layer("frozen_conv").kernel.numpy().copy()
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
-    opt = build_optimizer(model, 0.1, 4, weight_decay=0.1, weight_decay_mode="coupled",
-                          lr_schedule_granularity="epoch", steps_per_epoch=2)
+    opt = build_optimizer(
+        model,
+        0.1,
+        4,
+        weight_decay=0.1,
+        weight_decay_mode="coupled",
+        lr_schedule_granularity="epoch",
+        steps_per_epoch=2,
+    )
     model.compile(optimizer=opt, loss=_sce())
-    model.fit(rng.standard_normal((4, 6, 6, 3)).astype(np.float32), rng.integers(0, 3, 4),
-              batch_size=2, epochs=1, verbose=0)
+    model.fit(
+        rng.standard_normal((4, 6, 6, 3)).astype(np.float32),
+        rng.integers(0, 3, 4),
+        batch_size=2,
+        epochs=1,
+        verbose=0,
+    )
     np.testing.assert_array_equal(model.get_layer("frozen_conv").kernel.numpy(), frozen)
     assert all(not np.allclose(v.numpy(), before[v.path]) for v in model.trainable_variables)
     assert int(opt.iterations.numpy()) == 2
@@ -310,11 +376,18 @@ def test_loss_scale_optimizer_applies_the_same_update():
 
     def run(loss_scaled):
         v = keras.Variable(init)
-        opt = build_optimizer(None, 0.05, 6, weight_decay=0.01, lr_power=2.0,
-                              weight_decay_mode="coupled", lr_schedule_granularity="epoch",
-                              steps_per_epoch=2)
+        opt = build_optimizer(
+            None,
+            0.05,
+            6,
+            weight_decay=0.01,
+            lr_power=2.0,
+            weight_decay_mode="coupled",
+            lr_schedule_granularity="epoch",
+            steps_per_epoch=2,
+        )
         if loss_scaled:
-            opt = keras.optimizers.LossScaleOptimizer(opt, initial_scale=2.0 ** 12)
+            opt = keras.optimizers.LossScaleOptimizer(opt, initial_scale=2.0**12)
         opt.build([v])
         for g in grads:
             scale = float(opt.dynamic_scale.numpy()) if loss_scaled else 1.0
@@ -332,13 +405,25 @@ def test_mixed_float16_training_step_runs_with_float32_buffers():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = _small_model()
-        opt = keras.optimizers.LossScaleOptimizer(build_optimizer(
-            model, 0.01, 4, weight_decay_mode="coupled", lr_schedule_granularity="epoch",
-            steps_per_epoch=2))
+        opt = keras.optimizers.LossScaleOptimizer(
+            build_optimizer(
+                model,
+                0.01,
+                4,
+                weight_decay_mode="coupled",
+                lr_schedule_granularity="epoch",
+                steps_per_epoch=2,
+            )
+        )
         model.compile(optimizer=opt, loss=_sce())
         rng = np.random.default_rng(1)
-        model.fit(rng.standard_normal((4, 6, 6, 3)).astype(np.float32), rng.integers(0, 3, 4),
-                  batch_size=2, epochs=1, verbose=0)
+        model.fit(
+            rng.standard_normal((4, 6, 6, 3)).astype(np.float32),
+            rng.integers(0, 3, 4),
+            batch_size=2,
+            epochs=1,
+            verbose=0,
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     buffers = opt.inner_optimizer.momentum_buffers
@@ -363,8 +448,13 @@ def test_checkpoint_restores_momentum_buffers_and_continues_identically(golden, 
 
     def steps(variables, opt, ks):
         for k in ks:
-            opt.apply_gradients([(c["grads"][n][k], v) for n, v in zip(names, variables)
-                                 if not np.isnan(c["grads"][n][k]).any()])
+            opt.apply_gradients(
+                [
+                    (c["grads"][n][k], v)
+                    for n, v in zip(names, variables)
+                    if not np.isnan(c["grads"][n][k]).any()
+                ]
+            )
 
     variables, opt = fresh()
     steps(variables, opt, range(half))
@@ -386,9 +476,17 @@ def test_keras_file_round_trip_keeps_optimizer_schedule_and_buffers(tmp_path):
     from hmsa_keras.training.optimizer import CoupledSGD, WarmupPolyDecay, build_optimizer
 
     model = _small_model()
-    optimizer = build_optimizer(model, 0.02, 8, momentum=0.9, weight_decay=1e-3, lr_power=2.0,
-                                weight_decay_mode="coupled", lr_schedule_granularity="epoch",
-                                steps_per_epoch=2)
+    optimizer = build_optimizer(
+        model,
+        0.02,
+        8,
+        momentum=0.9,
+        weight_decay=1e-3,
+        lr_power=2.0,
+        weight_decay_mode="coupled",
+        lr_schedule_granularity="epoch",
+        steps_per_epoch=2,
+    )
     model.compile(optimizer=optimizer, loss=_sce())
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((6, 6, 6, 3)).astype(np.float32), rng.integers(0, 3, 6)
@@ -415,11 +513,21 @@ def test_keras_file_round_trip_keeps_optimizer_schedule_and_buffers(tmp_path):
 def test_mirrored_strategy_with_loss_scaling_matches_numpy_torch_model(tmp_path):
     helpers = REPO / "tests" / "helpers"
     out = tmp_path / "out.npz"
-    env = dict(os.environ, PYTHONPATH=f"{helpers}{os.pathsep}{REPO}", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{helpers}{os.pathsep}{REPO}",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+    )
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, str(helpers / "optimizer_driver.py"), str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(helpers / "optimizer_driver.py"), str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     r = dict(np.load(out))
     assert int(r["replicas"]) == 2 and float(r["scale"]) == 1024.0

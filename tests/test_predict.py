@@ -14,7 +14,9 @@ K = 4
 
 
 def _run(module, *args, autolabel=False):
-    tool, main = (module.AUTOLABEL_TOOL, module.autolabel_main) if autolabel else (module.TOOL, module.main)
+    tool, main = (
+        (module.AUTOLABEL_TOOL, module.autolabel_main) if autolabel else (module.TOOL, module.main)
+    )
     return tool.invoke(main, args)
 
 
@@ -34,8 +36,15 @@ def test_predict_writes_files(run_dir, tiny_model):
     run, root = run_dir
     images = root / "data" / "val" / "images"
     out = root / "out"
-    _run(predict, f"--model_dir={run}", f"--input={images}", f"--output_dir={out}", "--save_raw",
-         "--save_probs", "--save_attention")
+    _run(
+        predict,
+        f"--model_dir={run}",
+        f"--input={images}",
+        f"--output_dir={out}",
+        "--save_raw",
+        "--save_probs",
+        "--save_attention",
+    )
     for stem, (h, w) in (("img0", (64, 64)), ("img1", (64, 96))):
         for suffix in ("_color.png", "_overlay.png", "_attention_0.5.png", "_attention_1.png"):
             with Image.open(out / f"{stem}{suffix}") as im:
@@ -54,8 +63,9 @@ def test_predict_writes_files(run_dir, tiny_model):
         from hmsa_keras.data.folder import default_colors
         from hmsa_keras.visualize import colorize
 
-        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_color.png")),
-                                      colorize(raw, default_colors(K)))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / f"{stem}_color.png")), colorize(raw, default_colors(K))
+        )
 
 
 def test_predict_tiled_and_glob(run_dir):
@@ -63,8 +73,16 @@ def test_predict_tiled_and_glob(run_dir):
 
     run, root = run_dir
     out = root / "out_tiled"
-    _run(predict, f"--model_dir={run}", f"--input={root / 'data' / 'val' / 'images' / 'img1.*'}",
-         f"--output_dir={out}", "--scales=1.0", "--tile_size=64x64", "--tile_overlap=32", "--save_raw")
+    _run(
+        predict,
+        f"--model_dir={run}",
+        f"--input={root / 'data' / 'val' / 'images' / 'img1.*'}",
+        f"--output_dir={out}",
+        "--scales=1.0",
+        "--tile_size=64x64",
+        "--tile_overlap=32",
+        "--save_raw",
+    )
     assert sorted(os.listdir(out)) == ["img1_color.png", "img1_label.png", "img1_overlay.png"]
     assert np.asarray(Image.open(out / "img1_label.png")).shape == (64, 96)
 
@@ -86,8 +104,15 @@ def test_autolabel_marks_low_confidence_and_loads_as_folder_dataset(run_dir, tin
     top = np.concatenate([p.max(-1).ravel() for p in probs.values()])
     threshold = float(np.median(top))  # about half the pixels fall below it
     pseudo = root / "pseudo"
-    _run(predict, f"--model_dir={run}", f"--input={images}", f"--pseudo_label_dir={pseudo}",
-         f"--confidence={threshold}", "--scales=1.0", "--novisualize")
+    _run(
+        predict,
+        f"--model_dir={run}",
+        f"--input={images}",
+        f"--pseudo_label_dir={pseudo}",
+        f"--confidence={threshold}",
+        "--scales=1.0",
+        "--novisualize",
+    )
     assert json.loads((pseudo / "classes.json").read_text())["names"] == [f"c{i}" for i in range(K)]
     for stem, p in probs.items():
         label = np.asarray(Image.open(pseudo / "train" / "labels" / f"{stem}.png"))
@@ -102,20 +127,42 @@ def test_autolabel_marks_low_confidence_and_loads_as_folder_dataset(run_dir, tin
     cfg = DataConfig(dataset="folder", data_dir=str(pseudo))
     assert get_dataset_info(cfg).num_classes == K
     labels = [y.numpy()[0] for _, y in build_dataset(cfg, "train", training=False, batch_size=1)]
-    np.testing.assert_array_equal(labels[0], np.asarray(Image.open(pseudo / "train" / "labels" / "img0.png")))
+    np.testing.assert_array_equal(
+        labels[0], np.asarray(Image.open(pseudo / "train" / "labels" / "img0.png"))
+    )
     assert tf.reduce_any(labels[1] == 255)
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--input={images}", "--output_dir={out}"), "--model_dir: is required"),
-    (("--model_dir={run}", "--output_dir={out}"), "--input: is required"),
-    (("--model_dir={run}", "--input={out}/*.png", "--output_dir={out}"), "--input: no images found"),
-    (("--model_dir={run}", "--input={images}"), "--output_dir: is required"),
-    (("--model_dir={run}", "--input={images}", "--output_dir={out}", "--scales=1,,x"), "--scales: bad scale"),
-    (("--model_dir={run}", "--input={images}", "--output_dir={out}", "--tile_size=64xq"), "--tile_size: expected HxW"),
-    (("--model_dir={run}", "--input={images}", "--output_dir={out}", "--tile_size=64", "--tile_overlap=64"),
-     "--tile_overlap: must be smaller"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--input={images}", "--output_dir={out}"), "--model_dir: is required"),
+        (("--model_dir={run}", "--output_dir={out}"), "--input: is required"),
+        (
+            ("--model_dir={run}", "--input={out}/*.png", "--output_dir={out}"),
+            "--input: no images found",
+        ),
+        (("--model_dir={run}", "--input={images}"), "--output_dir: is required"),
+        (
+            ("--model_dir={run}", "--input={images}", "--output_dir={out}", "--scales=1,,x"),
+            "--scales: bad scale",
+        ),
+        (
+            ("--model_dir={run}", "--input={images}", "--output_dir={out}", "--tile_size=64xq"),
+            "--tile_size: expected HxW",
+        ),
+        (
+            (
+                "--model_dir={run}",
+                "--input={images}",
+                "--output_dir={out}",
+                "--tile_size=64",
+                "--tile_overlap=64",
+            ),
+            "--tile_overlap: must be smaller",
+        ),
+    ],
+)
 def test_predict_cli_bad_flags(run_dir, args, message):
     from hmsa_keras.cli import predict
 

@@ -17,10 +17,12 @@ pytestmark = pytest.mark.slow  # export, servers
 tf = pytest.importorskip("tensorflow")
 
 import hmsa_keras  # noqa: E402
-from hmsa_keras import conventions  # noqa: E402
+from hmsa_keras import (
+    conventions,  # noqa: E402
+    image_io,  # noqa: E402
+)
 from hmsa_keras.data.normalization import normalize  # noqa: E402
 from hmsa_keras.export import grpc_client as G  # noqa: E402
-from hmsa_keras import image_io  # noqa: E402
 from hmsa_keras.export import saved_model as S  # noqa: E402
 from hmsa_keras.export import serving_client as REST  # noqa: E402
 from tests.helpers.common import TINY as TINY_MODEL  # noqa: E402
@@ -33,7 +35,11 @@ def _picture(h, w, seed):
     """A smooth random picture (so that the segmentation has regions)."""
     from PIL import Image
 
-    small = np.random.RandomState(seed).randint(0, 256, (max(h // 8, 1), max(w // 8, 1), 3)).astype(np.uint8)
+    small = (
+        np.random.RandomState(seed)
+        .randint(0, 256, (max(h // 8, 1), max(w // 8, 1), 3))
+        .astype(np.uint8)
+    )
     return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
 
 
@@ -46,7 +52,9 @@ def model():
 def exported(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("serving")
     module = S.HMSAExportModule(model, SCALES, flip=False, class_names=[f"c{i}" for i in range(K)])
-    path = S.export_serving(None, str(base), name="hmsa", version=3, module=module, warmup_size=(48, 64))
+    path = S.export_serving(
+        None, str(base), name="hmsa", version=3, module=module, warmup_size=(48, 64)
+    )
     return str(base), path
 
 
@@ -80,14 +88,18 @@ def test_versioned_layout_and_declared_shapes(exported, loaded):
     # the signature defs clients see (saved_model_cli / GetModelMetadata): [-1, -1, -1, 3] uint8
     from tensorflow.core.protobuf import saved_model_pb2
 
-    sm = saved_model_pb2.SavedModel.FromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+    sm = saved_model_pb2.SavedModel.FromString(
+        open(os.path.join(path, "saved_model.pb"), "rb").read()
+    )
     sigs = sm.meta_graphs[0].signature_def
     for name in ("serving_default", "with_details", "segment_with_scales"):
         images = sigs[name].inputs["images"]
         assert images.dtype == tf.uint8.as_datatype_enum
         assert [d.size for d in images.tensor_shape.dim] == [-1, -1, -1, 3]
     encoded = sigs["serving_encoded"].inputs["image_bytes"]
-    assert encoded.dtype == tf.string.as_datatype_enum and [d.size for d in encoded.tensor_shape.dim] == [-1]
+    assert encoded.dtype == tf.string.as_datatype_enum and [
+        d.size for d in encoded.tensor_shape.dim
+    ] == [-1]
     assert set(sigs["serving_encoded_png"].outputs) == {"classes_png_bytes"}
     meta = json.load(open(os.path.join(path, S.METADATA_FILE)))
     assert meta["scales"] == list(SCALES) and meta["class_names"] == [f"c{i}" for i in range(K)]
@@ -110,7 +122,10 @@ def test_warmup_file_holds_prediction_logs_that_run(exported, loaded):
         model, signature, inputs = G.decode_predict_request(predict_log[0][2])
         assert model == "hmsa"
         seen.add(signature)
-        feed = {k: tf.constant(v) if v.dtype != object else tf.constant(list(v), tf.string) for k, v in inputs.items()}
+        feed = {
+            k: tf.constant(v) if v.dtype != object else tf.constant(list(v), tf.string)
+            for k, v in inputs.items()
+        }
         out = loaded.signatures[signature](**feed)
         assert out, signature
         if "images" in inputs:
@@ -156,7 +171,9 @@ def test_rest_client_sends_exif_rotated_jpeg_upright(model, server, tmp_path):
     from PIL import Image
 
     upright = _picture(80, 64, 2)
-    stored = np.ascontiguousarray(np.rot90(upright, 1))  # orientation 6: displayed = stored rotated 90 cw
+    stored = np.ascontiguousarray(
+        np.rot90(upright, 1)
+    )  # orientation 6: displayed = stored rotated 90 cw
     exif = Image.Exif()
     exif[0x0112] = 6
     path = tmp_path / "phone.png"
@@ -171,12 +188,19 @@ def test_empty_batches_return_empty_results(loaded):
     empty = tf.zeros([0, 67, 93, 3], tf.uint8)
     assert loaded.signatures["serving_default"](images=empty)["classes"].shape == (0, 67, 93)
     details = loaded.signatures["with_details"](images=empty)
-    assert details["probabilities"].shape == (0, 67, 93, K) and details["attention"].shape == (0, 67, 93, 2)
+    assert details["probabilities"].shape == (0, 67, 93, K) and details["attention"].shape == (
+        0,
+        67,
+        93,
+        2,
+    )
     dyn = loaded.signatures["segment_with_scales"](images=empty, scales=tf.constant([0.5, 1.0]))
     assert dyn["classes"].shape == (0, 67, 93) and dyn["probabilities"].shape == (0, 67, 93, K)
     none = tf.constant([], tf.string)
     assert loaded.signatures["serving_encoded"](image_bytes=none)["classes"].shape[0] == 0
-    assert loaded.signatures["serving_encoded_png"](image_bytes=none)["classes_png_bytes"].shape == (0,)
+    assert loaded.signatures["serving_encoded_png"](image_bytes=none)[
+        "classes_png_bytes"
+    ].shape == (0,)
 
 
 @pytest.mark.parametrize("size", [(20, 50), (31, 200), (1, 1)])
@@ -195,8 +219,9 @@ def test_too_small_images_fail_with_the_conventions_message(loaded, server, size
         client.close()
     # the dynamic chain applies the rule to the chain of the request
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
-        loaded.signatures["segment_with_scales"](images=tf.zeros([1, 60, 60, 3], tf.uint8),
-                                                 scales=tf.constant([1.0, 0.25]))
+        loaded.signatures["segment_with_scales"](
+            images=tf.zeros([1, 60, 60, 3], tf.uint8), scales=tf.constant([1.0, 0.25])
+        )
     assert "images: " + conventions.min_size_problem(60, 60, (0.25, 1.0)) in err.value.message
 
 
@@ -207,7 +232,9 @@ def test_encoded_inputs_are_checked(loaded):
     other = image_io.encode_png(_picture(48, 64, 4))
     with pytest.raises(tf.errors.InvalidArgumentError, match="must share a size"):
         loaded.signatures["serving_encoded"](image_bytes=tf.constant([png, other]))
-    two = loaded.signatures["serving_encoded_png"](image_bytes=tf.constant([png, png]))["classes_png_bytes"]
+    two = loaded.signatures["serving_encoded_png"](image_bytes=tf.constant([png, png]))[
+        "classes_png_bytes"
+    ]
     maps = [np.asarray(__import__("PIL.Image").Image.open(io.BytesIO(b))) for b in two.numpy()]
     assert maps[0].dtype == np.uint8 and maps[0].shape == (64, 64)
     np.testing.assert_array_equal(maps[0], maps[1])

@@ -26,16 +26,19 @@ def _numpy_dilated_conv(x, kernel, rate, out_grad):
             y += seen @ kernel[i, j]
             dpadded[:, rows, cols, :] += out_grad @ kernel[i, j].T
             dkernel[i, j] = np.einsum("bhwc,bhwd->cd", seen, out_grad)
-    return y, dpadded[:, ph:ph + h, pw:pw + w, :], dkernel
+    return y, dpadded[:, ph : ph + h, pw : pw + w, :], dkernel
 
 
 @pytest.mark.parametrize("native", [True, False])
-@pytest.mark.parametrize("shape, kernel_hw, rate", [
-    ((2, 9, 13, 5), (3, 3), (2, 2)),
-    ((1, 5, 11, 3), (3, 3), (6, 2)),    # vertical taps read only padding (rate >= height)
-    ((1, 8, 16, 4), (3, 3), (12, 18)),  # every off-centre tap reads only padding
-    ((2, 7, 9, 3), (5, 3), (2, 3)),
-])
+@pytest.mark.parametrize(
+    "shape, kernel_hw, rate",
+    [
+        ((2, 9, 13, 5), (3, 3), (2, 2)),
+        ((1, 5, 11, 3), (3, 3), (6, 2)),  # vertical taps read only padding (rate >= height)
+        ((1, 8, 16, 4), (3, 3), (12, 18)),  # every off-centre tap reads only padding
+        ((2, 7, 9, 3), (5, 3), (2, 3)),
+    ],
+)
 def test_dilated_conv2d_matches_numpy(native, shape, kernel_hw, rate):
     """tf_ops.dilated_conv2d: output, input gradient and kernel gradient equal a tap-by-tap
     NumPy convolution, on the native oneDNN kernels and on the portable path."""
@@ -54,9 +57,14 @@ def test_dilated_conv2d_matches_numpy(native, shape, kernel_hw, rate):
         tape.watch([xt, kt])
         y = tf_ops.dilated_conv2d(xt, kt, rate, native=native)
     dx, dk = tape.gradient(y, [xt, kt], output_gradients=tf.constant(out_grad))
-    for name, got, want in zip(("output", "input gradient", "kernel gradient"), (y, dx, dk),
-                               _numpy_dilated_conv(x, kernel, rate, out_grad)):
-        np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max(), rtol=0, err_msg=name)
+    for name, got, want in zip(
+        ("output", "input gradient", "kernel gradient"),
+        (y, dx, dk),
+        _numpy_dilated_conv(x, kernel, rate, out_grad),
+    ):
+        np.testing.assert_allclose(
+            got.numpy(), want, atol=1e-5 * np.abs(want).max(), rtol=0, err_msg=name
+        )
 
 
 def _step_gradients(model, images, labels, switch=None, on=True):
@@ -68,6 +76,7 @@ def _step_gradients(model, images, labels, switch=None, on=True):
     if switch is not None:
         switch[:] = [on]  # read when the step is traced
     try:
+
         @tf.function
         def step(images, labels):
             with tf.GradientTape() as tape:

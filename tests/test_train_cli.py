@@ -22,20 +22,44 @@ TIMEOUT = 600
 
 # Tiny but complete: hierarchical 0.5/1.0 training, validation, checkpoints, TensorBoard images.
 TINY_FLAGS = [
-    "--dataset=synthetic", "--synthetic_train_size=16", "--synthetic_val_size=4", "--alpha=0.35",
-    "--head_channels=16", "--crop_size=48,48", "--scale_min=0.75", "--scale_max=1.25",
-    "--batch_size=2", "--learning_rate=0.001", "--weight_decay=1e-4", "--seed=0",
+    "--dataset=synthetic",
+    "--synthetic_train_size=16",
+    "--synthetic_val_size=4",
+    "--alpha=0.35",
+    "--head_channels=16",
+    "--crop_size=48,48",
+    "--scale_min=0.75",
+    "--scale_max=1.25",
+    "--batch_size=2",
+    "--learning_rate=0.001",
+    "--weight_decay=1e-4",
+    "--seed=0",
 ]
-RUN_FLAGS = TINY_FLAGS + ["--epochs=2", "--steps_per_epoch=3", "--checkpoint_every=2",
-                          "--image_every=2"]
+RUN_FLAGS = TINY_FLAGS + [
+    "--epochs=2",
+    "--steps_per_epoch=3",
+    "--checkpoint_every=2",
+    "--image_every=2",
+]
 
-NOISE = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following",
-         "This TensorFlow binary")
+NOISE = (
+    "WARNING: All log messages",
+    "I0000",
+    "W0000",
+    "E0000",
+    "To enable the following",
+    "This TensorFlow binary",
+)
 
 
 def env():
-    e = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", TF_DETERMINISTIC_OPS="1",
-             CUDA_VISIBLE_DEVICES="")
+    e = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        TF_DETERMINISTIC_OPS="1",
+        CUDA_VISIBLE_DEVICES="",
+    )
     e.pop("TF_CONFIG", None)
     return e
 
@@ -58,8 +82,11 @@ def keras_weights(path):
 
     out = {}
     with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as f, h5py.File(f, "r") as h5:
-        h5.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                      if isinstance(obj, h5py.Dataset) else None)
+        h5.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
     return out
 
 
@@ -76,14 +103,17 @@ def event_tags(folder):
 
 # ---------------------------------------------------------------------------- flags
 @pytest.mark.slow
-@pytest.mark.parametrize("flags, flag_name", [
-    (["--trunk=vgg"], "--trunk"),
-    (["--crop_size=a,b"], "--crop_size"),
-    (["--crop_size=64x"], "--crop_size"),
-    (["--dataset=camvid"], "--data_dir"),
-    (["--dataset=nope"], "--dataset"),
-    (["--init_from=/nonexistent/run"], "--init_from"),
-])
+@pytest.mark.parametrize(
+    "flags, flag_name",
+    [
+        (["--trunk=vgg"], "--trunk"),
+        (["--crop_size=a,b"], "--crop_size"),
+        (["--crop_size=64x"], "--crop_size"),
+        (["--dataset=camvid"], "--data_dir"),
+        (["--dataset=nope"], "--dataset"),
+        (["--init_from=/nonexistent/run"], "--init_from"),
+    ],
+)
 def test_bad_flag_stops_with_one_line_naming_it(tmp_path, flags, flag_name):
     model_dir = tmp_path / "run"
     tic = time.time()
@@ -102,9 +132,18 @@ def test_bad_flag_stops_with_one_line_naming_it(tmp_path, flags, flag_name):
 def test_helpfull_lists_every_flag():
     proc = run(train_cmd("--helpfull"), timeout=120)
     text = proc.stdout + proc.stderr
-    for flag in ("--trunk", "--crop_size", "--strategy", "--num_cpu_replicas", "--precision",
-                 "--freeze",
-                 "--reference_batch_size", "--checkpoint_every", "--warmup_steps", "--model_dir"):
+    for flag in (
+        "--trunk",
+        "--crop_size",
+        "--strategy",
+        "--num_cpu_replicas",
+        "--precision",
+        "--freeze",
+        "--reference_batch_size",
+        "--checkpoint_every",
+        "--warmup_steps",
+        "--model_dir",
+    ):
         assert flag in text, flag
 
 
@@ -136,8 +175,14 @@ def test_short_run_leaves_the_documented_model_dir(reference_run):
     assert all(np.isfinite(h["train_loss"]) and 0 <= h["val_miou"] <= 1 for h in history)
     train_tags = event_tags(model_dir / "logs" / "train")
     val_tags = event_tags(model_dir / "logs" / "val")
-    assert {"images/input", "images/ground_truth", "images/prediction", "images/attention_0.5x",
-            "loss", "learning_rate"} <= train_tags, train_tags
+    assert {
+        "images/input",
+        "images/ground_truth",
+        "images/prediction",
+        "images/attention_0.5x",
+        "loss",
+        "learning_rate",
+    } <= train_tags, train_tags
     assert {"loss", "miou", "pixel_accuracy", "mean_class_accuracy"} <= val_tags, val_tags
     # diagnosing images of every validation, under the val run (tests/test_summaries.py: content)
     assert {"images/examples", "images/worst", "images/confusion_matrix"} <= val_tags, val_tags
@@ -154,8 +199,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference_run, tmp_path)
     model_dir = tmp_path / "killed"
     cmd = train_cmd(*RUN_FLAGS, f"--model_dir={model_dir}")
     index = model_dir / "checkpoints" / "checkpoint"
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + TIMEOUT
         while not index.exists() and proc.poll() is None and time.time() < deadline:
@@ -180,8 +226,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference_run, tmp_path)
     for key in ("train_loss", "val_loss", "val_miou", "val_pixel_accuracy"):
         np.testing.assert_allclose(got[-1][key], ref[-1][key], rtol=2e-3, atol=1e-4, err_msg=key)
     # The epoch cut by the kill reports its full-epoch mean too (trackers are checkpointed).
-    np.testing.assert_allclose(got[0]["train_loss"], ref[0]["train_loss"], rtol=2e-3,
-                               err_msg="epoch 1")
+    np.testing.assert_allclose(
+        got[0]["train_loss"], ref[0]["train_loss"], rtol=2e-3, err_msg="epoch 1"
+    )
     a, b = keras_weights(ref_dir / "last.keras"), keras_weights(model_dir / "last.keras")
     assert a.keys() == b.keys()
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
@@ -193,15 +240,21 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
     import tensorflow as tf
 
     model_dir = tmp_path / "nan"
-    flags = TINY_FLAGS + ["--fusion=single", "--epochs=1", "--steps_per_epoch=5",
-                          "--checkpoint_every=2",
-                          "--image_every=0", f"--model_dir={model_dir}"]
+    flags = TINY_FLAGS + [
+        "--fusion=single",
+        "--epochs=1",
+        "--steps_per_epoch=5",
+        "--checkpoint_every=2",
+        "--image_every=0",
+        f"--model_dir={model_dir}",
+    ]
     proc = run([sys.executable, str(HELPERS / "nan_driver.py"), "3", *flags])
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     error = [l for l in meaningful(proc.stderr) if l.startswith("ERROR")]
-    assert error and "nan" in error[0].lower() and "step 3" in error[0] and "ckpt-2" in error[0], \
+    assert error and "nan" in error[0].lower() and "step 3" in error[0] and "ckpt-2" in error[0], (
         proc.stderr[-3000:]
+    )
     latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert latest is not None and latest.endswith("ckpt-2")
     reader = tf.train.load_checkpoint(latest)
@@ -247,24 +300,38 @@ def _same(a, b):
 
 
 def _changed(a, b, trainable_only=True):
-    keys = [k for k in a
-            if not trainable_only or not k.endswith(("moving_mean", "moving_variance"))]
+    keys = [
+        k for k in a if not trainable_only or not k.endswith(("moving_mean", "moving_variance"))
+    ]
     return [k for k in keys if not np.array_equal(a[k], b[k])]
 
 
 STAGE_FLAGS = [
-    "--dataset=synthetic", "--synthetic_train_size=16", "--synthetic_val_size=4", "--alpha=0.35",
-    "--head_channels=16", "--crop_size=48,48", "--scale_min=0.75", "--scale_max=1.25",
+    "--dataset=synthetic",
+    "--synthetic_train_size=16",
+    "--synthetic_val_size=4",
+    "--alpha=0.35",
+    "--head_channels=16",
+    "--crop_size=48,48",
+    "--scale_min=0.75",
+    "--scale_max=1.25",
     "--batch_size=2",
-    "--class_uniform_fraction=0", "--warmup_steps=0", "--epochs=1", "--steps_per_epoch=3",
-    "--image_every=0", "--summary_images=1", "--worst_images=1", "--seed=0",
+    "--class_uniform_fraction=0",
+    "--warmup_steps=0",
+    "--epochs=1",
+    "--steps_per_epoch=3",
+    "--image_every=0",
+    "--summary_images=1",
+    "--worst_images=1",
+    "--seed=0",
 ]
 
 
 def _stage(n, name, model_dir, *extra):
     flagfile = REPO / "flags" / f"staged_camvid_{n}_{name}.cfg"
-    proc = run(train_cmd(f"--flagfile={flagfile}", *STAGE_FLAGS, f"--model_dir={model_dir}",
-                         *extra))
+    proc = run(
+        train_cmd(f"--flagfile={flagfile}", *STAGE_FLAGS, f"--model_dir={model_dir}", *extra)
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -319,9 +386,15 @@ def test_init_from_without_matching_tensors_stops_with_one_line(tmp_path):
 
     inp = keras.Input((4,))
     keras.Model(inp, keras.layers.Dense(3, name="unrelated")(inp)).save(tmp_path / "other.keras")
-    proc = run(train_cmd(*TINY_FLAGS, "--epochs=1", "--steps_per_epoch=1",
-                         f"--model_dir={tmp_path / 'run'}",
-                         f"--init_from={tmp_path / 'other.keras'}"))
+    proc = run(
+        train_cmd(
+            *TINY_FLAGS,
+            "--epochs=1",
+            "--steps_per_epoch=1",
+            f"--model_dir={tmp_path / 'run'}",
+            f"--init_from={tmp_path / 'other.keras'}",
+        )
+    )
     lines = meaningful(proc.stderr)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines and lines[0].startswith("hmsa-train: error: --init_from: ")
@@ -336,16 +409,24 @@ def test_early_stopping_patience(tmp_path):
     never beaten and --early_stopping_patience=1 stops after epoch 2 of 4; the same command
     again does not train any further."""
     model_dir = tmp_path / "es"
-    cmd = train_cmd(*TINY_FLAGS, "--learning_rate=0", "--bn_momentum=1.0", "--epochs=4",
-                    "--steps_per_epoch=2", "--early_stopping_patience=1", "--image_every=0",
-                    f"--model_dir={model_dir}")
+    cmd = train_cmd(
+        *TINY_FLAGS,
+        "--learning_rate=0",
+        "--bn_momentum=1.0",
+        "--epochs=4",
+        "--steps_per_epoch=2",
+        "--early_stopping_patience=1",
+        "--image_every=0",
+        f"--model_dir={model_dir}",
+    )
     proc = run(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     history = json.loads((model_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0]["val_miou"] == history[1]["val_miou"]
-    assert "Early stopping after epoch 2: val mIoU has not improved for 1 validation(s)" \
-        in proc.stdout
+    assert (
+        "Early stopping after epoch 2: val mIoU has not improved for 1 validation(s)" in proc.stdout
+    )
     assert (model_dir / "last.keras").is_file() and (model_dir / "best.keras").is_file()
     again = run(cmd)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -358,8 +439,16 @@ def test_validation_on_two_replicas_with_an_odd_split_matches_one_device(tmp_pat
     """5 validation images on 2 replicas: the last batch is completed with an all-ignore filler
     (an empty replica batch fails in BatchNorm). With LR 0 and BatchNorm momentum 1 the model
     stays at its (seeded) initial weights, so validation must equal the one-device run's."""
-    flags = [*TINY_FLAGS, "--synthetic_val_size=5", "--learning_rate=0", "--bn_momentum=1.0",
-             "--epochs=1", "--steps_per_epoch=1", "--image_every=0", "--worst_images=5"]
+    flags = [
+        *TINY_FLAGS,
+        "--synthetic_val_size=5",
+        "--learning_rate=0",
+        "--bn_momentum=1.0",
+        "--epochs=1",
+        "--steps_per_epoch=1",
+        "--image_every=0",
+        "--worst_images=5",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     for model_dir, extra in ((one, []), (two, ["--strategy=mirrored", "--num_cpu_replicas=2"])):
         proc = run(train_cmd(*flags, *extra, f"--model_dir={model_dir}"))

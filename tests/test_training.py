@@ -12,6 +12,7 @@ from tests.conftest import TINY
 # ---------------------------------------------------------------------------- reference maths
 def _bilinear(x, size):
     """NumPy bilinear resize with half-pixel centres (TF / PyTorch align_corners=False), NHWC."""
+
     def axis_weights(n_in, n_out):
         src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
         src = np.clip(src, 0, n_in - 1)
@@ -19,11 +20,14 @@ def _bilinear(x, size):
         hi = np.minimum(lo + 1, n_in - 1)
         return lo, hi, src - lo
 
-    (ylo, yhi, wy), (xlo, xhi, wx) = (axis_weights(x.shape[1], size[0]),
-                                      axis_weights(x.shape[2], size[1]))
+    (ylo, yhi, wy), (xlo, xhi, wx) = (
+        axis_weights(x.shape[1], size[0]),
+        axis_weights(x.shape[2], size[1]),
+    )
     rows = x[:, ylo] * (1 - wy)[None, :, None, None] + x[:, yhi] * wy[None, :, None, None]
-    return (rows[:, :, xlo] * (1 - wx)[None, None, :, None]
-            + rows[:, :, xhi] * wx[None, None, :, None])
+    return (
+        rows[:, :, xlo] * (1 - wx)[None, None, :, None] + rows[:, :, xhi] * wx[None, None, :, None]
+    )
 
 
 def _ce(labels, logits):
@@ -54,18 +58,24 @@ def test_fused_loss_matches_hand_computed_value(aux_model, monkeypatch):
 
     rng = np.random.default_rng(7)
     b, h, w, k = 2, 8, 12, 3
-    low = {n: rng.standard_normal((b, h // 2, w // 2, c)).astype(np.float32) for n, c in
-           (("logits", k), ("attn", 1), ("aux", k))}
-    high = {n: rng.standard_normal((b, h, w, c)).astype(np.float32) for n, c in
-            (("logits", k), ("attn", 1), ("aux", k))}
+    low = {
+        n: rng.standard_normal((b, h // 2, w // 2, c)).astype(np.float32)
+        for n, c in (("logits", k), ("attn", 1), ("aux", k))
+    }
+    high = {
+        n: rng.standard_normal((b, h, w, c)).astype(np.float32)
+        for n, c in (("logits", k), ("attn", 1), ("aux", k))
+    }
     labels = rng.integers(0, k, (b, h, w)).astype(np.int32)
     labels[rng.random(labels.shape) < 0.25] = 255
 
     def run_scales(images, scales, training=False, attention=None):
         assert tuple(scales) == (0.5, 1.0)
         # the segmenter's attention output is a probability (sigmoid before resizing)
-        return {s: (tf.constant(o["logits"]), tf.constant(_sigmoid(o["attn"])), tf.constant(o["aux"]))
-                for s, o in ((0.5, low), (1.0, high))}
+        return {
+            s: (tf.constant(o["logits"]), tf.constant(_sigmoid(o["attn"])), tf.constant(o["aux"]))
+            for s, o in ((0.5, low), (1.0, high))
+        }
 
     monkeypatch.setattr(aux_model, "run_scales", run_scales)
     total, fused, terms = aux_model.compute_loss_terms(tf.zeros((b, h, w, 3)), tf.constant(labels))
@@ -93,8 +103,9 @@ def test_fused_loss_matches_hand_computed_value(aux_model, monkeypatch):
 def three_scale_model():
     import hmsa_keras
 
-    model = hmsa_keras.build_model(num_classes=3, aux_head=True, train_scales=(0.5, 1.0, 2.0),
-                                   **TINY)
+    model = hmsa_keras.build_model(
+        num_classes=3, aux_head=True, train_scales=(0.5, 1.0, 2.0), **TINY
+    )
     model.compile(optimizer="sgd", aux_weight=0.4, scale_loss_weight=0.05)
     return model
 
@@ -112,8 +123,13 @@ def test_three_scale_fused_loss_matches_hand_computed_chain(three_scale_model, m
     rng = np.random.default_rng(11)
     b, h, w, k = 2, 8, 12, 3
     sizes = {0.5: (h // 2, w // 2), 1.0: (h, w), 2.0: (2 * h, 2 * w)}
-    outs = {s: {n: rng.standard_normal((b, *hw, c)).astype(np.float32) for n, c in
-                (("logits", k), ("attn", 1), ("aux", k))} for s, hw in sizes.items()}
+    outs = {
+        s: {
+            n: rng.standard_normal((b, *hw, c)).astype(np.float32)
+            for n, c in (("logits", k), ("attn", 1), ("aux", k))
+        }
+        for s, hw in sizes.items()
+    }
     for s in outs:  # the segmenter's attention output is a probability
         outs[s]["attn"] = _sigmoid(outs[s]["attn"])
     labels = rng.integers(0, k, (b, h, w)).astype(np.int32)
@@ -122,12 +138,14 @@ def test_three_scale_fused_loss_matches_hand_computed_chain(three_scale_model, m
 
     def run_scales(images, scales, training=False, attention=None):
         seen["scales"], seen["attention"] = tuple(scales), attention
-        return {s: tuple(tf.constant(outs[s][n]) for n in ("logits", "attn", "aux"))
-                for s in scales}
+        return {
+            s: tuple(tf.constant(outs[s][n]) for n in ("logits", "attn", "aux")) for s in scales
+        }
 
     monkeypatch.setattr(three_scale_model, "run_scales", run_scales)
-    total, fused, terms = three_scale_model.compute_loss_terms(tf.zeros((b, h, w, 3)),
-                                                               tf.constant(labels))
+    total, fused, terms = three_scale_model.compute_loss_terms(
+        tf.zeros((b, h, w, 3)), tf.constant(labels)
+    )
     assert seen["scales"] == (0.5, 1.0, 2.0)
     # the head runs at every training scale for its BatchNorm statistics (attention_bn
     # "all_scales", the reference's way); the fusion reads 0.5 and 1.0 only
@@ -147,8 +165,9 @@ def test_three_scale_fused_loss_matches_hand_computed_chain(three_scale_model, m
     for name, value in want.items():
         np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
     scale_sum = want["scale_0.5"] + want["scale_1"] + want["scale_2"]
-    np.testing.assert_allclose(float(total), want["fused"] + 0.4 * want["aux"] + 0.05 * scale_sum,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(total), want["fused"] + 0.4 * want["aux"] + 0.05 * scale_sum, rtol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------- optimizer
@@ -187,8 +206,11 @@ def test_weight_decay_skips_batchnorm_and_biases():
 def test_no_decay_covers_every_bn_and_bias_of_hmsa(tiny_model):
     from hmsa_keras.training.optimizer import no_decay_variables
 
-    want = {v.path for v in tiny_model.trainable_variables
-            if v.path.rsplit("/", 1)[-1] in ("gamma", "beta", "bias")}
+    want = {
+        v.path
+        for v in tiny_model.trainable_variables
+        if v.path.rsplit("/", 1)[-1] in ("gamma", "beta", "bias")
+    }
     got = [v.path for v in no_decay_variables(tiny_model)]
     assert len(got) == len(set(got)) and set(got) == want
     assert any("trunk" in p or "Conv1" in p or "_BN/" in p for p in got)  # nested trunk reached
@@ -209,8 +231,9 @@ def test_warmup_poly_decay_matches_formula(power, warmup):
         return base * max(1.0 - (t - warmup) / (total - warmup), 0.0) ** power
 
     for t in (0, 1, 2, 5, 9, 10, 11, 50, 99, 100, 150):
-        np.testing.assert_allclose(float(schedule(t)), formula(t), rtol=1e-5, atol=1e-9,
-                                   err_msg=f"step {t}")
+        np.testing.assert_allclose(
+            float(schedule(t)), formula(t), rtol=1e-5, atol=1e-9, err_msg=f"step {t}"
+        )
     again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
     assert isinstance(again, WarmupPolyDecay) and again.get_config() == schedule.get_config()
 
@@ -226,8 +249,9 @@ def test_set_frozen_groups(tiny_model):
         assert not any(p.startswith("trunk") or "/trunk/" in p for p in paths)
         tiny_model.set_frozen(["trunk", "seg_head"])
         heads = [v.path for v in tiny_model.trainable_variables]
-        assert heads and all(p.rsplit("/", 2)[-2].startswith(FREEZE_GROUPS["attention"])
-                             for p in heads), heads
+        assert heads and all(
+            p.rsplit("/", 2)[-2].startswith(FREEZE_GROUPS["attention"]) for p in heads
+        ), heads
         with pytest.raises(ValueError, match="backbone"):
             tiny_model.set_frozen(["backbone"])
     finally:
@@ -258,12 +282,14 @@ def test_documented_python_workflow_runs(tmp_path, capsys):
     start, end = "# --- settings", "# --- end of settings ---"
     assert start in code and end in code, "the settings markers moved: update this test"
     head, rest = code.split(start, 1)
-    tiny = (f"RUN = {str(tmp_path / 'run')!r}\n"
-            "DATA = hmsa_keras.DataConfig(dataset='synthetic', synthetic_train_size=8,\n"
-            "                             synthetic_val_size=2, synthetic_image_size=(64, 64),\n"
-            "                             crop_size=(48, 48))\n"
-            f"MODEL = dict({', '.join(f'{k}={v!r}' for k, v in TINY.items())})\n"
-            "BATCH, EPOCHS, STEPS_PER_EPOCH = 2, 2, 2\n")
+    tiny = (
+        f"RUN = {str(tmp_path / 'run')!r}\n"
+        "DATA = hmsa_keras.DataConfig(dataset='synthetic', synthetic_train_size=8,\n"
+        "                             synthetic_val_size=2, synthetic_image_size=(64, 64),\n"
+        "                             crop_size=(48, 48))\n"
+        f"MODEL = dict({', '.join(f'{k}={v!r}' for k, v in TINY.items())})\n"
+        "BATCH, EPOCHS, STEPS_PER_EPOCH = 2, 2, 2\n"
+    )
     namespace = {}
     exec(compile(head + tiny + rest.split(end, 1)[1], "docs/training.md", "exec"), namespace)
     run = tmp_path / "run"

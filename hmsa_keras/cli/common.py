@@ -19,9 +19,19 @@ log = logging.getLogger("hmsa_keras")
 # The recipe fields a model-reading tool takes from a flagfile or its command line.
 MODEL_DIR_FIELDS = ("model_dir", "eval_scales", "eval_flip")
 # The DataConfig fields that decide which evaluation images a split holds.
-EVAL_DATA_FIELDS = ("dataset", "data_dir", "val_split", "eval_long_edge", "eval_upscale",
-                    "synthetic_val_size", "synthetic_image_size", "seed", "validate",
-                    "tfds_manual_dir", "mapillary_version")
+EVAL_DATA_FIELDS = (
+    "dataset",
+    "data_dir",
+    "val_split",
+    "eval_long_edge",
+    "eval_upscale",
+    "synthetic_val_size",
+    "synthetic_image_size",
+    "seed",
+    "validate",
+    "tfds_manual_dir",
+    "mapillary_version",
+)
 INFERENCE_ALIASES = {"scales": "eval_scales", "flip": "eval_flip"}
 
 
@@ -30,7 +40,10 @@ def model_path_checked(path) -> str:
     from hmsa_keras.api import resolve_model_path
 
     if not path:
-        raise usage("model_dir", "is required: a training directory (best.keras / last.keras) or a .keras file")
+        raise usage(
+            "model_dir",
+            "is required: a training directory (best.keras / last.keras) or a .keras file",
+        )
     try:
         return resolve_model_path(path)
     except FileNotFoundError as exc:
@@ -54,10 +67,20 @@ def run_configs(tool: Tool, model_dir=None):
         except ValueError as exc:
             raise usage("model_dir", str(exc)) from None
     found = data_base is not None
-    data_cfg = tool.config(DataConfig, base=data_base, explicit_only=data_base is not None) \
-        if DataConfig in tool.recipe_fields else (data_base or DataConfig())
-    if found and tool.given("dataset") and not tool.given("data_dir") and data_cfg.dataset != data_base.dataset:
-        data_cfg = dataclasses.replace(data_cfg, data_dir=None)  # another dataset: not the run's folder
+    data_cfg = (
+        tool.config(DataConfig, base=data_base, explicit_only=data_base is not None)
+        if DataConfig in tool.recipe_fields
+        else (data_base or DataConfig())
+    )
+    if (
+        found
+        and tool.given("dataset")
+        and not tool.given("data_dir")
+        and data_cfg.dataset != data_base.dataset
+    ):
+        data_cfg = dataclasses.replace(
+            data_cfg, data_dir=None
+        )  # another dataset: not the run's folder
     train_cfg = tool.config(TrainConfig, base=train_base, explicit_only=train_base is not None)
     return data_cfg, train_cfg, found
 
@@ -74,9 +97,16 @@ def class_table(cfg, num_classes):
             info = get_dataset_info(cfg)
             if info.num_classes == num_classes:
                 return list(info.class_names), [tuple(c) for c in info.colors]
-            log.warning("dataset %r has %d classes but the model predicts %d: using generated colours",
-                        cfg.dataset, info.num_classes, num_classes)
+            log.warning(
+                "dataset %r has %d classes but the model predicts %d: using generated colours",
+                cfg.dataset,
+                info.num_classes,
+                num_classes,
+            )
         except Exception as exc:  # missing data_dir on this machine, ...
-            log.warning("cannot read the class table of dataset %r (%s): using generated names/colours",
-                        cfg.dataset, exc)
+            log.warning(
+                "cannot read the class table of dataset %r (%s): using generated names/colours",
+                cfg.dataset,
+                exc,
+            )
     return [f"class_{i}" for i in range(num_classes)], default_colors(num_classes)

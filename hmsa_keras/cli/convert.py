@@ -27,17 +27,27 @@ def main(argv):
     from hmsa_keras.convert import CheckpointError, convert_checkpoint
 
     try:
-        result = convert_checkpoint(opts.checkpoint, opts.output_dir, opts.dataset, num_classes=opts.num_classes,
-                                    allow_pickle=opts.allow_pickle, overwrite=opts.overwrite)
+        result = convert_checkpoint(
+            opts.checkpoint,
+            opts.output_dir,
+            opts.dataset,
+            num_classes=opts.num_classes,
+            allow_pickle=opts.allow_pickle,
+            overwrite=opts.overwrite,
+        )
     except (CheckpointError, FileExistsError, ImportError) as exc:
-        raise usage("output_dir" if isinstance(exc, FileExistsError) else "checkpoint", str(exc)) from None
+        raise usage(
+            "output_dir" if isinstance(exc, FileExistsError) else "checkpoint", str(exc)
+        ) from None
     if opts.list_tensors:
         for line in result["mapped"]:
             print(line)
     fresh = result["fresh"]
-    print(f"{result['kind']} checkpoint: {len(result['mapped'])} tensors mapped, {len(result['unused'])} unused, "
-          f"{len(fresh)} layers at their initialisation"
-          + (f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ""))
+    print(
+        f"{result['kind']} checkpoint: {len(result['mapped'])} tensors mapped, {len(result['unused'])} unused, "
+        f"{len(fresh)} layers at their initialisation"
+        + (f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else "")
+    )
     print(f"model: {result['model_path']}\nconfig: {result['config_path']}")
     return 0
 

@@ -22,8 +22,13 @@ from hmsa_keras.config import DataConfig, DataToolConfig
 
 COMMANDS = ("check", "info")
 
-TOOL = Tool(name="hmsa-data", doc=__doc__, options=DataToolConfig, recipe_fields={DataConfig: None},
-            positional=COMMANDS)
+TOOL = Tool(
+    name="hmsa-data",
+    doc=__doc__,
+    options=DataToolConfig,
+    recipe_fields={DataConfig: None},
+    positional=COMMANDS,
+)
 
 
 def check(config, split, workers=4, out=sys.stdout) -> int:
@@ -43,7 +48,10 @@ def info(config, out=sys.stdout) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=out)
         return 1
-    print(f"dataset {dinfo.name}: {dinfo.num_classes} classes, ignore label {dinfo.ignore_label}", file=out)
+    print(
+        f"dataset {dinfo.name}: {dinfo.num_classes} classes, ignore label {dinfo.ignore_label}",
+        file=out,
+    )
     for i, (name, color) in enumerate(zip(dinfo.class_names, dinfo.colors)):
         print(f"  {i:3d}  {name:28s} rgb{tuple(color)}", file=out)
     return 0

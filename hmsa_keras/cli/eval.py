@@ -33,7 +33,10 @@ TOOL = Tool(
     name="hmsa-eval",
     doc=__doc__,
     options=EvalConfig,
-    recipe_fields={DataConfig: common.EVAL_DATA_FIELDS, TrainConfig: common.MODEL_DIR_FIELDS + ("strategy", "num_cpu_replicas")},
+    recipe_fields={
+        DataConfig: common.EVAL_DATA_FIELDS,
+        TrainConfig: common.MODEL_DIR_FIELDS + ("strategy", "num_cpu_replicas"),
+    },
     aliases={**common.INFERENCE_ALIASES, "batch_size": "eval_batch_size"},
 )
 
@@ -43,12 +46,26 @@ def check_flags(opts: EvalConfig, train_cfg: TrainConfig):
     from hmsa_keras.conventions import parse_sweep
 
     model_dir = train_cfg.model_dir if TOOL.given("model_dir") else None
-    given = [f for f, v in (("model_dir", model_dir), ("saved_model", opts.saved_model), ("tflite", opts.tflite)) if v]
+    given = [
+        f
+        for f, v in (
+            ("model_dir", model_dir),
+            ("saved_model", opts.saved_model),
+            ("tflite", opts.tflite),
+        )
+        if v
+    ]
     if not given:
-        raise usage("model_dir", "give --model_dir (training directory or .keras file), --saved_model or --tflite")
+        raise usage(
+            "model_dir",
+            "give --model_dir (training directory or .keras file), --saved_model or --tflite",
+        )
     if len(given) > 1:
-        raise usage(given[1], f"give one of --model_dir, --saved_model, --tflite, not {' and '.join(given)} "
-                    "(pass --dataset/--data_dir for the data)")
+        raise usage(
+            given[1],
+            f"give one of --model_dir, --saved_model, --tflite, not {' and '.join(given)} "
+            "(pass --dataset/--data_dir for the data)",
+        )
     if opts.saved_model:
         from hmsa_keras.export.saved_model import resolve_saved_model_dir
 
@@ -66,7 +83,10 @@ def check_flags(opts: EvalConfig, train_cfg: TrainConfig):
         if TOOL.given("eval_scales"):
             raise usage("sweep", "replaces --scales: give one or the other")
         if exported:
-            raise usage("sweep", "needs a Keras model (--model_dir): an exported file's chain is fixed at export")
+            raise usage(
+                "sweep",
+                "needs a Keras model (--model_dir): an exported file's chain is fixed at export",
+            )
         try:
             chains = parse_sweep(opts.sweep)
         except ValueError as exc:
@@ -82,7 +102,10 @@ def check_flags(opts: EvalConfig, train_cfg: TrainConfig):
     if opts.tile_size and exported:
         raise usage("tile_size", "tiles need a Keras model (--model_dir)")
     if opts.tile_size and not 0 <= opts.tile_overlap < min(opts.tile_size):
-        raise usage("tile_overlap", f"must be smaller than the tile ({opts.tile_overlap} >= {min(opts.tile_size)})")
+        raise usage(
+            "tile_overlap",
+            f"must be smaller than the tile ({opts.tile_overlap} >= {min(opts.tile_size)})",
+        )
     return chains, model_dir
 
 
@@ -94,8 +117,11 @@ def main(argv):
     # The strategy must exist before any TensorFlow op (logical CPU devices).
     from hmsa_keras.training.distribute import make_strategy
 
-    strategy = make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas) \
-        if train_cfg.strategy != "default" else None
+    strategy = (
+        make_strategy(train_cfg.strategy, train_cfg.num_cpu_replicas)
+        if train_cfg.strategy != "default"
+        else None
+    )
 
     from hmsa_keras import metrics as M
     from hmsa_keras.conventions import chain_name
@@ -111,7 +137,10 @@ def main(argv):
     if chains is None:
         chains = [train_cfg.eval_scales]
     if opts.cityscapes_submission_dir and data_cfg.dataset != "cityscapes":
-        raise usage("cityscapes_submission_dir", f"needs --dataset=cityscapes (file layout), not {data_cfg.dataset!r}")
+        raise usage(
+            "cityscapes_submission_dir",
+            f"needs --dataset=cityscapes (file layout), not {data_cfg.dataset!r}",
+        )
     try:
         info = get_dataset_info(data_cfg, split)
         dataset = build_dataset(data_cfg, split, training=False, batch_size=opts.eval_batch_size)
@@ -126,12 +155,20 @@ def main(argv):
             from hmsa_keras.export.tflite import TFLiteSegmenter
 
             flag = "saved_model" if opts.saved_model else "tflite"
-            model = SavedModelSegmenter(opts.saved_model) if opts.saved_model else TFLiteSegmenter(opts.tflite)
+            model = (
+                SavedModelSegmenter(opts.saved_model)
+                if opts.saved_model
+                else TFLiteSegmenter(opts.tflite)
+            )
             if model.num_classes is not None and model.num_classes != info.num_classes:
-                raise app.UsageError(f"--{flag} predicts {model.num_classes} classes; dataset "
-                                     f"{data_cfg.dataset!r} has {info.num_classes}")
+                raise app.UsageError(
+                    f"--{flag} predicts {model.num_classes} classes; dataset "
+                    f"{data_cfg.dataset!r} has {info.num_classes}"
+                )
             if TOOL.given("eval_scales") or TOOL.given("eval_flip"):
-                log.warning("--scales/--flip are ignored: an exported file's chain was fixed at export")
+                log.warning(
+                    "--scales/--flip are ignored: an exported file's chain was fixed at export"
+                )
             if model.scales is not None:
                 chains, flip = [model.scales], model.flip
         else:
@@ -140,32 +177,59 @@ def main(argv):
             model = hmsa_keras.load_model(model_dir)
     try:  # up front, from file headers: one image size per batch; every image large enough
         scales = sorted({s for c in chains for s in c})
-        check_eval_inputs(data_cfg, split, opts.eval_batch_size, scales, tile_size=opts.tile_size,
-                          max_images=opts.max_images or None)
+        check_eval_inputs(
+            data_cfg,
+            split,
+            opts.eval_batch_size,
+            scales,
+            tile_size=opts.tile_size,
+            max_images=opts.max_images or None,
+        )
     except DataError as exc:
         raise app.UsageError(str(exc)) from None
     writer = CityscapesSubmissionWriter(opts.cityscapes_submission_dir, pairs) if pairs else None
-    log.info("evaluating %s on %s/%s (%d classes), chain(s) %s, %d replica(s)%s",
-             opts.saved_model or opts.tflite or model_dir, data_cfg.dataset, split, info.num_classes,
-             "; ".join(chain_name(c, flip) for c in chains), strategy.num_replicas_in_sync if strategy else 1,
-             f", tiles {opts.tile_size[0]}x{opts.tile_size[1]}" if opts.tile_size else "")
+    log.info(
+        "evaluating %s on %s/%s (%d classes), chain(s) %s, %d replica(s)%s",
+        opts.saved_model or opts.tflite or model_dir,
+        data_cfg.dataset,
+        split,
+        info.num_classes,
+        "; ".join(chain_name(c, flip) for c in chains),
+        strategy.num_replicas_in_sync if strategy else 1,
+        f", tiles {opts.tile_size[0]}x{opts.tile_size[1]}" if opts.tile_size else "",
+    )
     try:
-        results = evaluate(model, dataset, info.num_classes, chains, flip=flip, strategy=strategy,
-                           class_names=info.class_names, on_batch=writer, max_images=opts.max_images or None,
-                           tile_size=opts.tile_size, tile_overlap=opts.tile_overlap, tile_blend=opts.tile_blend)
+        results = evaluate(
+            model,
+            dataset,
+            info.num_classes,
+            chains,
+            flip=flip,
+            strategy=strategy,
+            class_names=info.class_names,
+            on_batch=writer,
+            max_images=opts.max_images or None,
+            tile_size=opts.tile_size,
+            tile_overlap=opts.tile_overlap,
+            tile_blend=opts.tile_blend,
+        )
     except (DataError, ValueError) as exc:
         raise app.UsageError(str(exc)) from None
     if writer:
         writer.close()
 
     for r in results:
-        print(f"\n== {data_cfg.dataset}/{split}, scales {r.name}: {r.num_images} images, "
-              f"{r.seconds / r.num_images:.3f} s/image ==")
+        print(
+            f"\n== {data_cfg.dataset}/{split}, scales {r.name}: {r.num_images} images, "
+            f"{r.seconds / r.num_images:.3f} s/image =="
+        )
         print(M.format_table(r.metrics))
     if len(results) > 1:
         print("\n== sweep (IoU %, side by side) ==")
         print(M.format_sweep(results))
-    out_dir = opts.output_dir or (os.path.join(common.run_folder(model_dir), "eval", split) if model_dir else None)
+    out_dir = opts.output_dir or (
+        os.path.join(common.run_folder(model_dir), "eval", split) if model_dir else None
+    )
     if out_dir:
         paths = M.write_results(results, out_dir)
         print(f"\nwrote {', '.join(paths)}")

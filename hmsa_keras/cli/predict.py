@@ -37,14 +37,21 @@ log = logging.getLogger("hmsa_keras")
 
 
 def _tool(name, doc):
-    return Tool(name=name, doc=doc, options=PredictConfig,
-                recipe_fields={DataConfig: ("dataset", "data_dir"), TrainConfig: common.MODEL_DIR_FIELDS},
-                aliases=dict(common.INFERENCE_ALIASES))
+    return Tool(
+        name=name,
+        doc=doc,
+        options=PredictConfig,
+        recipe_fields={DataConfig: ("dataset", "data_dir"), TrainConfig: common.MODEL_DIR_FIELDS},
+        aliases=dict(common.INFERENCE_ALIASES),
+    )
 
 
 TOOL = _tool("hmsa-predict", __doc__)
-AUTOLABEL_TOOL = _tool("hmsa-autolabel", "hmsa-autolabel: hmsa-predict without the visualisations, writing "
-                       "pseudo-labels (--pseudo_label_dir is required).\n\n" + __doc__)
+AUTOLABEL_TOOL = _tool(
+    "hmsa-autolabel",
+    "hmsa-autolabel: hmsa-predict without the visualisations, writing "
+    "pseudo-labels (--pseudo_label_dir is required).\n\n" + __doc__,
+)
 AUTOLABEL_TOOL.flags.set_default("visualize", False)
 
 
@@ -56,30 +63,44 @@ def find_inputs(spec):
         return list_images(spec)
     if os.path.isfile(spec):
         return [spec]
-    return sorted(p for p in glob.glob(spec, recursive=True)
-                  if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(
+        p
+        for p in glob.glob(spec, recursive=True)
+        if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
 def check_flags(tool: Tool, opts: PredictConfig):
     """Validates the flags; returns (model path, inputs). Raises UsageError naming the flag."""
-    model_path = common.model_path_checked(tool.flags["model_dir"].value if tool.given("model_dir") else None)
+    model_path = common.model_path_checked(
+        tool.flags["model_dir"].value if tool.given("model_dir") else None
+    )
     if not opts.input:
         raise usage("input", "is required: an image file, a folder of images or a glob pattern")
     inputs = find_inputs(opts.input)
     if not inputs:
-        raise usage("input", f"no images found for {opts.input!r} (file, folder or glob of .png/.jpg/... files)")
+        raise usage(
+            "input",
+            f"no images found for {opts.input!r} (file, folder or glob of .png/.jpg/... files)",
+        )
     if not opts.output_dir and not opts.pseudo_label_dir:
         raise usage("output_dir", "is required (or give --pseudo_label_dir to only auto-label)")
     if not opts.output_dir and (opts.save_raw or opts.save_probs or opts.save_attention):
         raise usage("output_dir", "is required for --save_raw/--save_probs/--save_attention")
     if opts.tile_size and opts.tile_overlap >= min(opts.tile_size):
-        raise usage("tile_overlap", f"must be smaller than the tile ({opts.tile_overlap} >= {min(opts.tile_size)})")
+        raise usage(
+            "tile_overlap",
+            f"must be smaller than the tile ({opts.tile_overlap} >= {min(opts.tile_size)})",
+        )
     stems = {}
     for p in inputs:
         stem = os.path.splitext(os.path.basename(p))[0]
         if stem in stems:
-            raise usage("input", f"two inputs share the name {stem!r} ({stems[stem]}, {p}): outputs are named "
-                        "by file stem, give folders without duplicate names")
+            raise usage(
+                "input",
+                f"two inputs share the name {stem!r} ({stems[stem]}, {p}): outputs are named "
+                "by file stem, give folders without duplicate names",
+            )
         stems[stem] = p
     if opts.pseudo_split in ("", ".", "..") or os.sep in opts.pseudo_split:
         raise usage("pseudo_split", f"must be a plain folder name, got {opts.pseudo_split!r}")
@@ -99,23 +120,43 @@ def predict(tool: Tool):
     data_cfg, train_cfg, found = common.run_configs(tool, model_path)
     chain, flip = train_cfg.eval_scales, train_cfg.eval_flip
     model = hmsa_keras.load_model(model_path)
-    names, colors = common.class_table(data_cfg if (found or tool.given("dataset")) else None, model.num_classes)
+    names, colors = common.class_table(
+        data_cfg if (found or tool.given("dataset")) else None, model.num_classes
+    )
     try:
-        pseudo = PseudoLabelWriter(opts.pseudo_label_dir, opts.pseudo_split, names, colors, opts.confidence) \
-            if opts.pseudo_label_dir else None
+        pseudo = (
+            PseudoLabelWriter(
+                opts.pseudo_label_dir, opts.pseudo_split, names, colors, opts.confidence
+            )
+            if opts.pseudo_label_dir
+            else None
+        )
     except DataError as exc:
         raise usage("pseudo_label_dir", str(exc)) from None
     if opts.output_dir:
         os.makedirs(opts.output_dir, exist_ok=True)
-    log.info("%d image(s), scales %s%s%s", len(inputs), ",".join(f"{s:g}" for s in chain),
-             " + flip" if flip else "", f", tiles {opts.tile_size[0]}x{opts.tile_size[1]}" if opts.tile_size else "")
+    log.info(
+        "%d image(s), scales %s%s%s",
+        len(inputs),
+        ",".join(f"{s:g}" for s in chain),
+        " + flip" if flip else "",
+        f", tiles {opts.tile_size[0]}x{opts.tile_size[1]}" if opts.tile_size else "",
+    )
     start = time.perf_counter()
     for n, path in enumerate(inputs, 1):
         try:
             image = read_image(path)
-            out = hmsa_keras.segment_image(model, image, chain, flip, return_details=opts.save_attention,
-                                           tile_size=opts.tile_size, tile_overlap=opts.tile_overlap,
-                                           tile_blend=opts.tile_blend, name=path)
+            out = hmsa_keras.segment_image(
+                model,
+                image,
+                chain,
+                flip,
+                return_details=opts.save_attention,
+                tile_size=opts.tile_size,
+                tile_overlap=opts.tile_overlap,
+                tile_blend=opts.tile_blend,
+                name=path,
+            )
         except (DataError, ValueError) as exc:  # the reader's and the contract's messages name it
             text = str(exc)
             raise app.UsageError(text if text.startswith(path) else f"{path}: {text}") from None
@@ -125,7 +166,9 @@ def predict(tool: Tool):
         if opts.output_dir and opts.visualize:
             colored = V.colorize(classes, colors)
             Image.fromarray(colored).save(dest("_color.png"))
-            Image.fromarray(V.overlay(image, colored, opts.overlay_alpha)).save(dest("_overlay.png"))
+            Image.fromarray(V.overlay(image, colored, opts.overlay_alpha)).save(
+                dest("_overlay.png")
+            )
         if opts.save_raw:
             Image.fromarray(classes, mode="L").save(dest("_label.png"))
         if opts.save_probs:
@@ -134,11 +177,15 @@ def predict(tool: Tool):
             Image.fromarray(V.attention_to_rgb(a)).save(dest(f"_attention_{s:g}.png"))
         if pseudo:
             pseudo.write(path, out["probabilities"])
-        log.info("[%d/%d] %s (%.2f s/image)", n, len(inputs), path, (time.perf_counter() - start) / n)
+        log.info(
+            "[%d/%d] %s (%.2f s/image)", n, len(inputs), path, (time.perf_counter() - start) / n
+        )
     if pseudo:
         pseudo.close({"model": os.path.abspath(model_path), "scales": list(chain), "flip": flip})
-        print(f"wrote {len(inputs)} pseudo-label(s) to {opts.pseudo_label_dir} "
-              f"(mean ignored share {np.mean([s['ignored_share'] for s in pseudo.stats]):.3f})")
+        print(
+            f"wrote {len(inputs)} pseudo-label(s) to {opts.pseudo_label_dir} "
+            f"(mean ignored share {np.mean([s['ignored_share'] for s in pseudo.stats]):.3f})"
+        )
     if opts.output_dir:
         print(f"wrote predictions for {len(inputs)} image(s) to {opts.output_dir}")
     return 0

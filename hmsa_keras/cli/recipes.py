@@ -16,13 +16,21 @@ def recipes_dir() -> str:
             return path
     except (ImportError, TypeError):
         pass
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags")
+    return os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags"
+    )
 
 
 def recipe_path(name: str) -> str:
     folder = recipes_dir()
     path = os.path.join(folder, name if name.endswith(".cfg") else name + ".cfg")
     if not os.path.isfile(path):
-        available = sorted(n[:-4] for n in os.listdir(folder) if n.endswith(".cfg")) if os.path.isdir(folder) else []
-        raise SystemExit(f"ERROR: --recipe: unknown recipe {name!r}; available: {', '.join(available)}")
+        available = (
+            sorted(n[:-4] for n in os.listdir(folder) if n.endswith(".cfg"))
+            if os.path.isdir(folder)
+            else []
+        )
+        raise SystemExit(
+            f"ERROR: --recipe: unknown recipe {name!r}; available: {', '.join(available)}"
+        )
     return path

@@ -59,7 +59,9 @@ def field_specs(cls) -> list:
     for field in dataclasses.fields(cls):
         meta = field.metadata
         if "help" not in meta:
-            raise TypeError(f"{cls.__name__}.{field.name} has no help text: declare it with config.option()")
+            raise TypeError(
+                f"{cls.__name__}.{field.name} has no help text: declare it with config.option()"
+            )
         hint, optional = hints[field.name], False
         if typing.get_origin(hint) is typing.Union:
             args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -68,9 +70,21 @@ def field_specs(cls) -> list:
         kind = meta.get("kind")
         if base is tuple and kind is None:
             kind = "list"
-        specs.append(FieldSpec(field.name, base, optional, kind, field.default, meta["help"],
-                               meta.get("choices"), meta.get("lower"), meta.get("upper"),
-                               meta.get("aliases", ()), meta.get("zero_is_none", False)))
+        specs.append(
+            FieldSpec(
+                field.name,
+                base,
+                optional,
+                kind,
+                field.default,
+                meta["help"],
+                meta.get("choices"),
+                meta.get("lower"),
+                meta.get("upper"),
+                meta.get("aliases", ()),
+                meta.get("zero_is_none", False),
+            )
+        )
     return specs
 
 
@@ -85,8 +99,12 @@ def _text(spec, value):
     return value
 
 
-def define_flags(cls, flag_values: flags.FlagValues, fields: Optional[Iterable[str]] = None,
-                 module_name: Optional[str] = None) -> list:
+def define_flags(
+    cls,
+    flag_values: flags.FlagValues,
+    fields: Optional[Iterable[str]] = None,
+    module_name: Optional[str] = None,
+) -> list:
     """Defines a flag for each field of ``cls`` (or only those named in ``fields``) in
     ``flag_values``, plus each field's aliases and the shorthands of ``cls``
     (:data:`hmsa_keras.config.SHORTHANDS`). Returns the names of the flags defined."""
@@ -107,8 +125,13 @@ def define_flags(cls, flag_values: flags.FlagValues, fields: Optional[Iterable[s
         elif spec.base is tuple:
             flags.DEFINE_string(name, _text(spec, default), help_text, **kw)
         elif spec.choices:
-            flags.DEFINE_enum(name, None if default is None else str(default), [str(c) for c in spec.choices],
-                              help_text, **kw)
+            flags.DEFINE_enum(
+                name,
+                None if default is None else str(default),
+                [str(c) for c in spec.choices],
+                help_text,
+                **kw,
+            )
         elif spec.base is int:
             flags.DEFINE_integer(name, default, help_text, **bounds, **kw)
         elif spec.base is float:
@@ -150,7 +173,9 @@ def _parse(spec, value):
             return numbers
     except ValueError as exc:
         text = str(exc)
-        raise _usage(name, text.split(": ", 1)[1] if text.startswith(f"--{name}: ") else text) from None
+        raise _usage(
+            name, text.split(": ", 1)[1] if text.startswith(f"--{name}: ") else text
+        ) from None
     if spec.kind in ("list", "multi"):
         values = tuple(str(v).strip() for v in value if str(v).strip())
         if spec.choices:
@@ -165,8 +190,13 @@ def _parse(spec, value):
     return value
 
 
-def read_flags(cls, flag_values: flags.FlagValues, base=None, fields: Optional[Iterable[str]] = None,
-               explicit_only: bool = False):
+def read_flags(
+    cls,
+    flag_values: flags.FlagValues,
+    base=None,
+    fields: Optional[Iterable[str]] = None,
+    explicit_only: bool = False,
+):
     """Builds ``cls`` from parsed flags.
 
     Args:
@@ -206,6 +236,9 @@ def flag_names(cls, fields: Optional[Iterable[str]] = None) -> set:
         if wanted is None or spec.name in wanted:
             names.add(spec.name)
             names.update(spec.aliases)
-    names.update(s for s, (owner, targets, _) in SHORTHANDS.items()
-                 if owner is cls and (wanted is None or wanted & set(targets)))
+    names.update(
+        s
+        for s, (owner, targets, _) in SHORTHANDS.items()
+        if owner is cls and (wanted is None or wanted & set(targets))
+    )
     return names

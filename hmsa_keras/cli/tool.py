@@ -89,11 +89,21 @@ class Tool:
         for alias, target in self.aliases.items():
             flags.DEFINE_alias(alias, target, flag_values=self.flags, module_name=self.name)
             self._own.append(alias)
-        flags.DEFINE_string("recipe", None, "A recipe shipped with the package (flags/NAME.cfg); same as "
-                            "--flagfile=<its path>.", flag_values=self.flags, module_name=self.name)
-        flags.DEFINE_integer("verbosity", 0, "0: this tool's messages only; 1: also TensorFlow's and absl's "
-                             "INFO/WARNING log lines.", lower_bound=0, flag_values=self.flags,
-                             module_name=self.name)
+        flags.DEFINE_string(
+            "recipe",
+            None,
+            "A recipe shipped with the package (flags/NAME.cfg); same as --flagfile=<its path>.",
+            flag_values=self.flags,
+            module_name=self.name,
+        )
+        flags.DEFINE_integer(
+            "verbosity",
+            0,
+            "0: this tool's messages only; 1: also TensorFlow's and absl's INFO/WARNING log lines.",
+            lower_bound=0,
+            flag_values=self.flags,
+            module_name=self.name,
+        )
 
     # ------------------------------------------------------------------ parsing
     def expand(self, argv: Sequence[str]) -> list:
@@ -110,7 +120,11 @@ class Tool:
                 out += args[i:]
                 break
             if arg.startswith("--recipe=") or arg == "--recipe":
-                value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+                value = (
+                    arg.split("=", 1)[1]
+                    if "=" in arg
+                    else (args[i + 1] if i + 1 < len(args) else "")
+                )
                 i += 1 if "=" in arg else 2
                 arg = "--flagfile=" + recipe_path(value)
             elif arg == "--flagfile" and i + 1 < len(args):
@@ -124,9 +138,13 @@ class Tool:
                 expanded = self.flags.read_flags_from_files([arg], force_gnu=False)
                 for item in expanded:
                     name = _flag_name(item)
-                    base = name[2:] if name and name.startswith("no") and name[2:] in foreign else name
+                    base = (
+                        name[2:] if name and name.startswith("no") and name[2:] in foreign else name
+                    )
                     if base in foreign:
-                        logging.getLogger("hmsa_keras").debug("%s: ignoring recipe flag %s", self.name, item)
+                        logging.getLogger("hmsa_keras").debug(
+                            "%s: ignoring recipe flag %s", self.name, item
+                        )
                         continue
                     out.append(item)
             else:
@@ -145,9 +163,13 @@ class Tool:
         positional = rest[1:]
         if self.positional is None and positional:
             raise app.UsageError(f"unexpected arguments: {' '.join(positional)}")
-        if self.positional is not None and (len(positional) != 1 or positional[0] not in self.positional):
-            raise app.UsageError(f"expected one command of {'|'.join(self.positional)}, got "
-                                 f"{' '.join(positional) or 'none'}")
+        if self.positional is not None and (
+            len(positional) != 1 or positional[0] not in self.positional
+        ):
+            raise app.UsageError(
+                f"expected one command of {'|'.join(self.positional)}, got "
+                f"{' '.join(positional) or 'none'}"
+            )
         return positional
 
     def config(self, cls, base=None, explicit_only=False):
@@ -155,12 +177,14 @@ class Tool:
         error names the flag as the user typed it (a tool alias such as ``--scales``)."""
         fields = None if cls is self.options else self.recipe_fields.get(cls)
         try:
-            return schema.read_flags(cls, self.flags, base=base, fields=fields, explicit_only=explicit_only)
+            return schema.read_flags(
+                cls, self.flags, base=base, fields=fields, explicit_only=explicit_only
+            )
         except app.UsageError as exc:
             text = str(exc)
             for alias, target in self.aliases.items():
                 if text.startswith(f"--{target}:") and self.flags[alias].present:
-                    raise app.UsageError(f"--{alias}{text[len(target) + 2:]}") from None
+                    raise app.UsageError(f"--{alias}{text[len(target) + 2 :]}") from None
             raise
 
     def invoke(self, main: Callable[[list], int], args: Sequence[str]) -> int:
@@ -182,7 +206,9 @@ class Tool:
             flag_list = self.flags.flags_by_module_dict().get(module, [])
             if not flag_list:
                 continue
-            title = "flags of " + module if module == self.name else module + ", e.g. from a flagfile"
+            title = (
+                "flags of " + module if module == self.name else module + ", e.g. from a flagfile"
+            )
             lines.append(title + ":")
             for flag in sorted(flag_list, key=lambda f: f.name):
                 default = flag.default_as_str if flag.default is not None else "unset"
@@ -226,11 +252,15 @@ class Tool:
 # Lines TensorFlow's native libraries write straight to file descriptor 2 while `import
 # tensorflow` loads them, before any log level applies (TF 2.21: "WARNING: All log messages
 # before absl::InitializeLog() ...", the oneDNN notice of port.cc, twice).
-_NATIVE_NOISE = re.compile(rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|"
-                           rb"WARNING: All log messages before absl::InitializeLog\(\)|"
-                           rb"To enable the following instructions:)")
-_QUIET_LIBRARIES = (r"(tensorflow|keras|tf_keras|absl|google\.protobuf|h5py|tensorflow_datasets)"
-                    r"(\.|$)")
+_NATIVE_NOISE = re.compile(
+    rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|"
+    rb"WARNING: All log messages before absl::InitializeLog\(\)|"
+    rb"To enable the following instructions:)"
+)
+_QUIET_LIBRARIES = (
+    r"(tensorflow|keras|tf_keras|absl|google\.protobuf|h5py|tensorflow_datasets)"
+    r"(\.|$)"
+)
 
 
 @contextlib.contextmanager
@@ -294,8 +324,9 @@ def setup_logging(verbosity: int = 0) -> None:
     their Python warnings (deprecations etc.) ignored. ``verbosity`` >= 1 shows everything."""
     if verbosity < 1:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport)
-                                                       for f in sys.meta_path):
+        if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path
+        ):
             sys.meta_path.insert(0, _QuietTensorFlowImport())
         warnings.filterwarnings("ignore", module=_QUIET_LIBRARIES)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -318,5 +349,9 @@ def usage(flag: str, message: str) -> app.UsageError:
 def with_explicit(tool: Tool, base_configs: Iterable, classes: Iterable[type]) -> list:
     """Each run config of ``classes``: the ``base`` (e.g. from a run's config.json, or None for
     the defaults) with the flags given explicitly applied on top."""
-    return [tool.config(cls, base=base, explicit_only=base is not None) if cls in tool.recipe_fields else base
-            for base, cls in zip(base_configs, classes)]
+    return [
+        tool.config(cls, base=base, explicit_only=base is not None)
+        if cls in tool.recipe_fields
+        else base
+        for base, cls in zip(base_configs, classes)
+    ]

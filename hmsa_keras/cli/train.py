@@ -31,18 +31,33 @@ def configs_from_flags(tool: Tool = TOOL):
     without TensorFlow (paths); raises app.UsageError naming the flag."""
     import os
 
-    model_cfg, data_cfg, train_cfg = (tool.config(cls) for cls in (ModelConfig, DataConfig, TrainConfig))
+    model_cfg, data_cfg, train_cfg = (
+        tool.config(cls) for cls in (ModelConfig, DataConfig, TrainConfig)
+    )
     if data_cfg.dataset not in ("synthetic", "cityscapes_tfds") and not data_cfg.data_dir:
         raise usage("data_dir", f"is required for --dataset={data_cfg.dataset}")
-    if data_cfg.data_dir and data_cfg.dataset != "cityscapes_tfds" and not os.path.isdir(data_cfg.data_dir):
+    if (
+        data_cfg.data_dir
+        and data_cfg.dataset != "cityscapes_tfds"
+        and not os.path.isdir(data_cfg.data_dir)
+    ):
         raise usage("data_dir", f"{data_cfg.data_dir!r} is not a directory")
-    if model_cfg.weights and model_cfg.weights != "imagenet" and not os.path.isfile(model_cfg.weights):
+    if (
+        model_cfg.weights
+        and model_cfg.weights != "imagenet"
+        and not os.path.isfile(model_cfg.weights)
+    ):
         raise usage("weights", f"{model_cfg.weights!r} is not a file (or use 'imagenet')")
     if data_cfg.scale_min > data_cfg.scale_max:
-        raise usage("scale_min", f"({data_cfg.scale_min:g}) must be <= --scale_max ({data_cfg.scale_max:g})")
+        raise usage(
+            "scale_min", f"({data_cfg.scale_min:g}) must be <= --scale_max ({data_cfg.scale_max:g})"
+        )
     if model_cfg.fusion == "hierarchical" and 1.0 not in model_cfg.train_scales:
-        raise usage("train_scales", f"must include 1.0 for hierarchical fusion, got "
-                    f"{','.join(f'{s:g}' for s in model_cfg.train_scales)}")
+        raise usage(
+            "train_scales",
+            f"must include 1.0 for hierarchical fusion, got "
+            f"{','.join(f'{s:g}' for s in model_cfg.train_scales)}",
+        )
     if train_cfg.init_from is not None:
         from hmsa_keras.training.warm_start import WarmStartError, resolve_source
 
@@ -65,8 +80,13 @@ def write_flagfile(tool: Tool, model_dir: str) -> None:
     import os
 
     os.makedirs(model_dir, exist_ok=True)
-    lines = [tool.flags[name].serialize() for name in sorted(tool.flags) if name not in ("recipe", "flagfile")
-             and not tool.flags[name].help.startswith("Alias for") and tool.flags[name].value is not None]
+    lines = [
+        tool.flags[name].serialize()
+        for name in sorted(tool.flags)
+        if name not in ("recipe", "flagfile")
+        and not tool.flags[name].help.startswith("Alias for")
+        and tool.flags[name].value is not None
+    ]
     with open(os.path.join(model_dir, "flags.txt"), "w") as f:
         f.write("".join(line + "\n" for line in lines if line))
 
@@ -108,9 +128,12 @@ def main(argv):
         from hmsa_keras.api import load_model
         from hmsa_keras.export import export_saved_model
 
-        path = export_saved_model(load_model(train_cfg.model_dir),
-                                  os.path.join(train_cfg.model_dir, train_cfg.export_dir),
-                                  scales=train_cfg.eval_scales, flip=train_cfg.eval_flip)
+        path = export_saved_model(
+            load_model(train_cfg.model_dir),
+            os.path.join(train_cfg.model_dir, train_cfg.export_dir),
+            scales=train_cfg.eval_scales,
+            flip=train_cfg.eval_flip,
+        )
         print(f"Exported SavedModel to {path}")
     return 0
 

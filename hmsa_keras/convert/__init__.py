@@ -209,7 +209,9 @@ def _run_configs(dataset, output_dir):
 
     spec = DATASETS[dataset]
     data = DataConfig(dataset=dataset, eval_long_edge=spec["eval_long_edge"])
-    return data, TrainConfig(model_dir=output_dir, eval_scales=spec["eval_scales"], eval_flip=spec["eval_flip"])
+    return data, TrainConfig(
+        model_dir=output_dir, eval_scales=spec["eval_scales"], eval_flip=spec["eval_flip"]
+    )
 
 
 def _write_report(path, checkpoint, result):

@@ -23,7 +23,14 @@ def __getattr__(name):
         return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
-    "DATASETS", "DataError", "DatasetInfo", "IGNORE", "build_dataset", "get_dataset_info",
-    "iter_pairs", "load_image_label",
+    "DATASETS",
+    "DataError",
+    "DatasetInfo",
+    "IGNORE",
+    "build_dataset",
+    "get_dataset_info",
+    "iter_pairs",
+    "load_image_label",
 ]

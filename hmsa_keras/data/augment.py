@@ -31,7 +31,9 @@ from hmsa_keras.data.labels import IGNORE
 from hmsa_keras.data.normalization import MEAN, normalize
 
 # Sub-seed salts, one per random decision.
-_SCALE, _OFFSET_Y, _OFFSET_X, _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _BLUR, _SIGMA, _NOISE = range(11)
+_SCALE, _OFFSET_Y, _OFFSET_X, _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _BLUR, _SIGMA, _NOISE = range(
+    11
+)
 
 
 def _sub(seed, salt):
@@ -108,8 +110,14 @@ def scale_crop(image, label, seed, crop_size, scale_range=(1.0, 1.0), center=Non
     x0, x1, fx, nx, vx = _axis_sampling(ox, cw, sw, w)
 
     img = tf.cast(image, tf.float32)
-    rows = tf.gather(img, y0, axis=0) * (1.0 - fy)[:, None, None] + tf.gather(img, y1, axis=0) * fy[:, None, None]
-    out = tf.gather(rows, x0, axis=1) * (1.0 - fx)[None, :, None] + tf.gather(rows, x1, axis=1) * fx[None, :, None]
+    rows = (
+        tf.gather(img, y0, axis=0) * (1.0 - fy)[:, None, None]
+        + tf.gather(img, y1, axis=0) * fy[:, None, None]
+    )
+    out = (
+        tf.gather(rows, x0, axis=1) * (1.0 - fx)[None, :, None]
+        + tf.gather(rows, x1, axis=1) * fx[None, :, None]
+    )
     lbl = tf.gather(tf.gather(tf.cast(label, tf.int32), ny, axis=0), nx, axis=1)
     valid = vy[:, None] & vx[None, :]
     lbl = tf.where(valid, lbl, IGNORE)
@@ -126,7 +134,9 @@ def color_jitter(image, seed, strength):
     x = image / 255.0
     x = x * _uniform(seed, _BRIGHT, 1.0 - s, 1.0 + s)
     grey = tf.image.rgb_to_grayscale(x)
-    x = (x - tf.reduce_mean(grey)) * _uniform(seed, _CONTRAST, 1.0 - s, 1.0 + s) + tf.reduce_mean(grey)
+    x = (x - tf.reduce_mean(grey)) * _uniform(seed, _CONTRAST, 1.0 - s, 1.0 + s) + tf.reduce_mean(
+        grey
+    )
     grey = tf.image.rgb_to_grayscale(x)
     x = grey + (x - grey) * _uniform(seed, _SAT, 1.0 - s, 1.0 + s)
     x = tf.clip_by_value(x, 0.0, 1.0)
@@ -168,8 +178,9 @@ def augment(image, label, seed, config, center=None, pre_size=None):
     Returns:
       (normalised float32 [ch, cw, 3], int32 [ch, cw]).
     """
-    img, lbl, valid = scale_crop(image, label, seed, config.crop_size,
-                                 (config.scale_min, config.scale_max), center, pre_size)
+    img, lbl, valid = scale_crop(
+        image, label, seed, config.crop_size, (config.scale_min, config.scale_max), center, pre_size
+    )
     if config.hflip:
         flip = _uniform(seed, _FLIP, 0.0, 1.0) < 0.5
         img = tf.cond(flip, lambda: tf.reverse(img, [1]), lambda: img)
@@ -182,7 +193,9 @@ def augment(image, label, seed, config, center=None, pre_size=None):
         do_blur = _uniform(seed, _BLUR, 0.0, 1.0) < config.blur_prob
         img = tf.cond(do_blur, lambda: gaussian_blur(img, sigma), lambda: img)
     if config.noise_std and config.noise_std > 0:
-        noise = tf.random.stateless_normal(tf.shape(img), _sub(seed, _NOISE), 0.0, float(config.noise_std))
+        noise = tf.random.stateless_normal(
+            tf.shape(img), _sub(seed, _NOISE), 0.0, float(config.noise_std)
+        )
         img = img + noise
     img = tf.clip_by_value(img, 0.0, 255.0)
     # Padding is the mean colour, i.e. exactly 0 after normalisation.
@@ -205,7 +218,9 @@ def resize_long_edge(image, label, long_edge, upscale=False):
 
     def resize():
         ratio = tf.cast(long_edge, tf.float32) / tf.cast(longest, tf.float32)
-        size = tf.maximum(1, tf.cast(tf.round(tf.cast(tf.stack([h, w]), tf.float32) * ratio), tf.int32))
+        size = tf.maximum(
+            1, tf.cast(tf.round(tf.cast(tf.stack([h, w]), tf.float32) * ratio), tf.int32)
+        )
         img = tf.image.resize(tf.cast(image, tf.float32), size, "bilinear", antialias=True)
         lbl = tf.image.resize(label[..., None], size, "nearest")[..., 0]
         return img, tf.cast(lbl, label.dtype)

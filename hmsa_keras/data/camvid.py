@@ -15,8 +15,14 @@ SPLITS = ("train", "val", "test")
 
 
 def dataset_info(config) -> DatasetInfo:
-    return DatasetInfo("camvid", len(CAMVID_CLASSES), IGNORE, list(CAMVID_CLASSES),
-                       [tuple(c) for c in CAMVID_COLORS], camvid_lut())
+    return DatasetInfo(
+        "camvid",
+        len(CAMVID_CLASSES),
+        IGNORE,
+        list(CAMVID_CLASSES),
+        [tuple(c) for c in CAMVID_COLORS],
+        camvid_lut(),
+    )
 
 
 def list_pairs(config, split):

@@ -37,7 +37,9 @@ class ScanReport:
         return not self.problems
 
     def summary(self) -> str:
-        lines = [f"dataset {self.dataset}, split {self.split!r}: {self.num_images} image(s) scanned"]
+        lines = [
+            f"dataset {self.dataset}, split {self.split!r}: {self.num_images} image(s) scanned"
+        ]
         total = int(self.histogram.sum())
         if self.info is not None and total:
             lines.append(f"  {'id':>3s}  {'class':24s} {'pixels':>14s} {'share':>8s}")
@@ -87,6 +89,7 @@ def scan_dataset(config, split: str, workers: int = 4) -> ScanReport:
         pairs, problems = list_split(config, split)
         report.problems += problems
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+
             def one(pair):
                 notes = []
                 found, hist = check_pair(pair[0], pair[1], info, warnings=notes)
@@ -99,5 +102,7 @@ def scan_dataset(config, split: str, workers: int = 4) -> ScanReport:
                     report.histogram += hist
                 report.num_images += 1
     if report.num_images == 0 and not report.problems:
-        report.problems.append(f"{config.dataset} split {split!r} in {config.data_dir}: the split is empty")
+        report.problems.append(
+            f"{config.dataset} split {split!r} in {config.data_dir}: the split is empty"
+        )
     return report

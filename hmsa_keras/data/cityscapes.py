@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import os
 
-
 from hmsa_keras.data.io import DataError
 from hmsa_keras.data.labels import (
-    CITYSCAPES_NUM_CLASSES, IGNORE, DatasetInfo, cityscapes_label_id_lut,
-    cityscapes_train_classes, identity_lut,
+    CITYSCAPES_NUM_CLASSES,
+    IGNORE,
+    DatasetInfo,
+    cityscapes_label_id_lut,
+    cityscapes_train_classes,
+    identity_lut,
 )
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -38,7 +41,9 @@ def _label_kind(config, split):
     if os.path.isdir(gt):
         for city in sorted(os.listdir(gt)):
             city_dir = os.path.join(gt, city)
-            if os.path.isdir(city_dir) and any(f.endswith(TRAIN_IDS_SUFFIX) for f in os.listdir(city_dir)):
+            if os.path.isdir(city_dir) and any(
+                f.endswith(TRAIN_IDS_SUFFIX) for f in os.listdir(city_dir)
+            ):
                 return "train_ids"
     return "label_ids"
 
@@ -56,7 +61,9 @@ def list_pairs(config, split):
     """(pairs, problems) for one split, walking every city folder."""
     img_root = os.path.join(config.data_dir, "leftImg8bit", split)
     gt_root = os.path.join(config.data_dir, "gtFine", split)
-    problems = [f"{d}: directory does not exist" for d in (img_root, gt_root) if not os.path.isdir(d)]
+    problems = [
+        f"{d}: directory does not exist" for d in (img_root, gt_root) if not os.path.isdir(d)
+    ]
     if problems:
         return [], problems
     suffix = TRAIN_IDS_SUFFIX if _label_kind(config, split) == "train_ids" else LABEL_IDS_SUFFIX
@@ -86,7 +93,9 @@ def tfds_dataset(config, split):
     manual_dir = config.tfds_manual_dir or config.data_dir
     try:
         builder = tfds.builder("cityscapes/semantic_segmentation", data_dir=config.data_dir)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
         ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
     except Exception as exc:  # missing zips, unknown split, ...
         raise DataError(
@@ -104,7 +113,10 @@ def tfds_dataset(config, split):
         mapped = tf.gather(lut, raw)
         check = tf.debugging.Assert(
             tf.reduce_all(mapped >= 0),
-            ["cityscapes_tfds: label ids outside the Cityscapes table in", example.get("image_id", "?")],
+            [
+                "cityscapes_tfds: label ids outside the Cityscapes table in",
+                example.get("image_id", "?"),
+            ],
         )
         with tf.control_dependencies([check]):
             label = tf.cast(mapped, tf.uint8)

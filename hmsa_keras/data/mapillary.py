@@ -63,25 +63,40 @@ def dataset_info(config) -> DatasetInfo:
         names = [str(l.get("readable", l.get("name"))) for l in labels]
         colors = [tuple(int(v) for v in l["color"]) for l in labels]
     except FileNotFoundError:
-        raise DataError(f"{path}: Mapillary class file does not exist (it ships with the dataset)") from None
+        raise DataError(
+            f"{path}: Mapillary class file does not exist (it ships with the dataset)"
+        ) from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{path}: not a Mapillary config.json with a 'labels' list of "
-                        f"{{'name', 'color'}} entries ({exc.__class__.__name__}: {exc})") from None
+        raise DataError(
+            f"{path}: not a Mapillary config.json with a 'labels' list of "
+            f"{{'name', 'color'}} entries ({exc.__class__.__name__}: {exc})"
+        ) from None
     expected = VERSIONS[version]
     if len(labels) != expected:
         other = [v for v, n in VERSIONS.items() if n == len(labels)]
-        hint = (f"it is the v{other[0]} class table: pass --mapillary_version={other[0]} (and its "
-                f"label files)") if other else "is it a Mapillary Vistas class file?"
-        raise DataError(f"{path}: {len(labels)} labels listed, but Mapillary Vistas v{version} has "
-                        f"{expected} ({expected - 1} classes + unlabeled); {hint}")
+        hint = (
+            (
+                f"it is the v{other[0]} class table: pass --mapillary_version={other[0]} (and its "
+                f"label files)"
+            )
+            if other
+            else "is it a Mapillary Vistas class file?"
+        )
+        raise DataError(
+            f"{path}: {len(labels)} labels listed, but Mapillary Vistas v{version} has "
+            f"{expected} ({expected - 1} classes + unlabeled); {hint}"
+        )
     last = str(labels[-1].get("name", "")) + " " + names[-1]
     if "unlabeled" not in last.lower():
-        raise DataError(f"{path}: the last label should be 'unlabeled' (ignored), found "
-                        f"{names[-1]!r}: the file is not the class table as released")
+        raise DataError(
+            f"{path}: the last label should be 'unlabeled' (ignored), found "
+            f"{names[-1]!r}: the file is not the class table as released"
+        )
     num_classes = expected - 1
     lut = identity_lut(num_classes, ignore_values=(num_classes, IGNORE))
-    return DatasetInfo("mapillary", num_classes, IGNORE, names[:num_classes], colors[:num_classes],
-                       lut)
+    return DatasetInfo(
+        "mapillary", num_classes, IGNORE, names[:num_classes], colors[:num_classes], lut
+    )
 
 
 def list_pairs(config, split):

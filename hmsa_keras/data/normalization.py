@@ -21,5 +21,7 @@ def normalize(image):
 
 def denormalize(image):
     """Inverse of :func:`normalize`: normalised float -> uint8 RGB (numpy)."""
-    image = np.asarray(image, np.float32) * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
+    image = np.asarray(image, np.float32) * np.asarray(STD, np.float32) + np.asarray(
+        MEAN, np.float32
+    )
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)

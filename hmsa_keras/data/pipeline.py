@@ -52,13 +52,27 @@ from hmsa_keras.data.labels import DatasetInfo
 from hmsa_keras.data.normalization import normalize
 
 DATASETS = ("synthetic", "camvid", "cityscapes", "cityscapes_tfds", "mapillary", "folder")
-FILE_DATASETS = {"camvid": camvid, "cityscapes": cityscapes, "mapillary": mapillary, "folder": folder}
+FILE_DATASETS = {
+    "camvid": camvid,
+    "cityscapes": cityscapes,
+    "mapillary": mapillary,
+    "folder": folder,
+}
 VALIDATE_LEVELS = ("paths", "headers", "full")
 _TFDS_SHUFFLE_BUFFER = 64
 _SYNTHETIC_CACHE_BYTES = 512 * 2**20
 
-__all__ = ["DATASETS", "DatasetInfo", "DataError", "build_dataset", "check_eval_inputs",
-           "eval_image_sizes", "get_dataset_info", "iter_pairs", "load_image_label"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "DataError",
+    "build_dataset",
+    "check_eval_inputs",
+    "eval_image_sizes",
+    "get_dataset_info",
+    "iter_pairs",
+    "load_image_label",
+]
 
 
 # ------------------------------------------------------------------ dataset lookup
@@ -70,7 +84,9 @@ def check_config(config):
         if not config.data_dir:
             raise DataError(f"dataset {config.dataset!r} needs data_dir")
         if config.dataset != "cityscapes_tfds" and not os.path.isdir(config.data_dir):
-            raise DataError(f"{config.data_dir}: data_dir of dataset {config.dataset!r} does not exist")
+            raise DataError(
+                f"{config.data_dir}: data_dir of dataset {config.dataset!r} does not exist"
+            )
     if config.validate not in VALIDATE_LEVELS:
         raise DataError(f"validate={config.validate!r}: choose one of {VALIDATE_LEVELS}")
 
@@ -94,7 +110,9 @@ def get_dataset_info(config, split: Optional[str] = None) -> DatasetInfo:
 def list_split(config, split) -> Tuple[List[Tuple[str, str]], List[str]]:
     """(pairs, problems) of a file-based split, without raising for the problems."""
     if config.dataset not in FILE_DATASETS:
-        raise DataError(f"dataset {config.dataset!r} is not file-based: it has no (image, label) file pairs")
+        raise DataError(
+            f"dataset {config.dataset!r} is not file-based: it has no (image, label) file pairs"
+        )
     return FILE_DATASETS[config.dataset].list_pairs(config, split)
 
 
@@ -185,7 +203,9 @@ def _file_source(config, split, training):
         extra, extra_problems = folder.list_pairs_in(config.pseudo_label_dir, split)
         problems += extra_problems
         if not extra and not extra_problems:
-            problems.append(f"{folder.split_dir(config.pseudo_label_dir, split)}: pseudo-label set is empty")
+            problems.append(
+                f"{folder.split_dir(config.pseudo_label_dir, split)}: pseudo-label set is empty"
+            )
         pairs, sources, infos = pairs + extra, sources + [1] * len(extra), [info, pseudo]
     if problems:
         raise DataError(format_problems(title, problems))
@@ -202,8 +222,11 @@ def _file_source(config, split, training):
 
     def load(index):
         return tf.numpy_function(
-            read, [tf.gather(images, index), tf.gather(labels, index), tf.gather(source_ids, index)],
-            [tf.uint8, tf.uint8], stateful=False)
+            read,
+            [tf.gather(images, index), tf.gather(labels, index), tf.gather(source_ids, index)],
+            [tf.uint8, tf.uint8],
+            stateful=False,
+        )
 
     def label_fn(k):
         return read(pairs[k][0], pairs[k][1], sources[k])[1]
@@ -215,15 +238,23 @@ def _file_source(config, split, training):
 
 def _centroid_tensors(config, split, source, num_classes):
     if isinstance(getattr(source, "pairs", None), list):
-        cents = sampling.cached_centroids(config, split, source.pairs, np.concatenate(source.luts),
-                                          source.label_fn, num_classes)
+        cents = sampling.cached_centroids(
+            config, split, source.pairs, np.concatenate(source.luts), source.label_fn, num_classes
+        )
     else:
-        cents = sampling.compute_centroids(source.size, source.label_fn, num_classes,
-                                           int(config.class_uniform_tile))
+        cents = sampling.compute_centroids(
+            source.size, source.label_fn, num_classes, int(config.class_uniform_tile)
+        )
     present = np.nonzero(cents.counts > 0)[0].astype(np.int32)
     if present.size == 0:
-        raise DataError(f"{config.dataset} split {split!r}: no labelled pixels, class-uniform sampling impossible")
-    return (tf.constant(cents.table, tf.int32), tf.constant(cents.offsets, tf.int64), tf.constant(present))
+        raise DataError(
+            f"{config.dataset} split {split!r}: no labelled pixels, class-uniform sampling impossible"
+        )
+    return (
+        tf.constant(cents.table, tf.int32),
+        tf.constant(cents.offsets, tf.int64),
+        tf.constant(present),
+    )
 
 
 # ---------------------------------------------------------------------- datasets
@@ -288,8 +319,9 @@ def eval_image_sizes(config, split: str, limit: Optional[int] = None):
     return [(h.path, eval_resized_hw(*h.hw, long_edge, upscale)) for h in headers]
 
 
-def check_eval_inputs(config, split: str, batch_size: int, scales, tile_size=None,
-                      max_images: Optional[int] = None) -> None:
+def check_eval_inputs(
+    config, split: str, batch_size: int, scales, tile_size=None, max_images: Optional[int] = None
+) -> None:
     """Up-front checks of an evaluation (``hmsa-eval``), from file headers only:
 
     - ``batch_size`` > 1 needs every image of the split at one size (batches are not padded:
@@ -315,7 +347,8 @@ def check_eval_inputs(config, split: str, batch_size: int, scales, tile_size=Non
                 f"{config.dataset} split {split!r}: batch size {batch_size} needs images of one "
                 f"size, but they come in {count} sizes{resized} (e.g. {first[0]} is "
                 f"{first[1][0]}x{first[1][1]}, {other[0]} is {other[1][0]}x{other[1][1]}, HxW); "
-                "use a batch size of 1 (hmsa-eval --batch_size=1)")
+                "use a batch size of 1 (hmsa-eval --batch_size=1)"
+            )
     bad = []
     for name, (h, w) in sizes:
         if tile_size is not None:
@@ -329,8 +362,15 @@ def check_eval_inputs(config, split: str, batch_size: int, scales, tile_size=Non
         raise DataError(bad[0] + resized.replace(" after", "; sizes are after") + tile + more)
 
 
-def build_dataset(config, split: str, training: bool, batch_size: int, *,
-                  repeat: Optional[bool] = None, drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
+def build_dataset(
+    config,
+    split: str,
+    training: bool,
+    batch_size: int,
+    *,
+    repeat: Optional[bool] = None,
+    drop_remainder: Optional[bool] = None,
+) -> tf.data.Dataset:
     """Batches of (normalised float32 [B, H, W, 3], int32 [B, H, W]) labels, 255 = ignore.
 
     Args:
@@ -362,15 +402,20 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
 
     n = source.size
     if not training:
-        ds = tf.data.Dataset.range(n).map(source.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = tf.data.Dataset.range(n).map(
+            source.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
         ds = ds.map(_eval_map(config), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if repeat:
             ds = ds.repeat()
         return _finish(ds, batch_size, drop_remainder)
 
     fraction = float(config.class_uniform_fraction or 0.0)
-    cents = _centroid_tensors(config, split, source, get_dataset_info(config, split).num_classes) \
-        if fraction > 0 else None
+    cents = (
+        _centroid_tensors(config, split, source, get_dataset_info(config, split).num_classes)
+        if fraction > 0
+        else None
+    )
     base_seed = tf.constant(int(config.seed), tf.int64)
     pre_size = config.pre_size
 
@@ -381,15 +426,20 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
         center = None
         if cents is not None:
             row = sampling.pick_centroid(seed, *cents)
-            use = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 100)) < fraction
+            use = (
+                tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 100))
+                < fraction
+            )
             index = tf.where(use, tf.cast(row[0], tf.int64), index)
             center = tf.where(use, tf.cast(row[1:], tf.float32), tf.constant([-1.0, -1.0]))
         image, label = source.load(index)
         if center is not None:
             # A centre of (-1, -1) means "random crop".
-            return tf.cond(center[0] >= 0,
-                           lambda: aug.augment(image, label, seed, config, center, pre_size),
-                           lambda: aug.augment(image, label, seed, config, pre_size=pre_size))
+            return tf.cond(
+                center[0] >= 0,
+                lambda: aug.augment(image, label, seed, config, center, pre_size),
+                lambda: aug.augment(image, label, seed, config, pre_size=pre_size),
+            )
         return aug.augment(image, label, seed, config, pre_size=pre_size)
 
     counter = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(n)
@@ -400,10 +450,14 @@ def build_dataset(config, split: str, training: bool, batch_size: int, *,
 def _build_stream(config, split, training, batch_size, repeat, drop_remainder):
     """cityscapes_tfds: a sequential TFDS stream instead of random access."""
     if training and config.class_uniform_fraction:
-        raise DataError("class_uniform_fraction needs random access: use dataset=cityscapes (file layout), "
-                        "not cityscapes_tfds")
+        raise DataError(
+            "class_uniform_fraction needs random access: use dataset=cityscapes (file layout), "
+            "not cityscapes_tfds"
+        )
     if training and config.pseudo_label_dir:
-        raise DataError("pseudo_label_dir is supported for file datasets only, not 'cityscapes_tfds'")
+        raise DataError(
+            "pseudo_label_dir is supported for file datasets only, not 'cityscapes_tfds'"
+        )
     ds, n = cityscapes.tfds_dataset(config, split)
     if n == 0:
         raise DataError(f"cityscapes_tfds split {split!r} is empty")
@@ -423,4 +477,3 @@ def _build_stream(config, split, training, batch_size, repeat, drop_remainder):
 
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, batch_size, drop_remainder)
-

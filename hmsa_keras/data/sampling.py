@@ -55,7 +55,7 @@ def label_centroids(label: np.ndarray, num_classes: int, tile: int):
     out = []
     for ty in range(0, h, tile):
         for tx in range(0, w, tile):
-            block = label[ty:ty + tile, tx:tx + tile].astype(np.int64)
+            block = label[ty : ty + tile, tx : tx + tile].astype(np.int64)
             flat = block.ravel()
             keep = flat < num_classes
             if not keep.any():
@@ -66,12 +66,19 @@ def label_centroids(label: np.ndarray, num_classes: int, tile: int):
             sy = np.bincount(ids, weights=yy.ravel()[keep], minlength=num_classes)
             sx = np.bincount(ids, weights=xx.ravel()[keep], minlength=num_classes)
             for c in np.nonzero(counts)[0]:
-                out.append((int(c), int(round(ty + sy[c] / counts[c])), int(round(tx + sx[c] / counts[c]))))
+                out.append(
+                    (int(c), int(round(ty + sy[c] / counts[c])), int(round(tx + sx[c] / counts[c])))
+                )
     return out
 
 
-def compute_centroids(num_items: int, load_label: Callable[[int], np.ndarray], num_classes: int,
-                      tile: int, workers: int = 4) -> Centroids:
+def compute_centroids(
+    num_items: int,
+    load_label: Callable[[int], np.ndarray],
+    num_classes: int,
+    tile: int,
+    workers: int = 4,
+) -> Centroids:
     """Centroids over ``num_items`` labels, ``load_label(i)`` giving training ids."""
 
     def one(i):
@@ -108,7 +115,9 @@ def cache_directory(config) -> str:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"{path}: cannot create the centroid cache directory ({exc}); set DataConfig.cache_dir") from None
+        raise OSError(
+            f"{path}: cannot create the centroid cache directory ({exc}); set DataConfig.cache_dir"
+        ) from None
     return path
 
 
@@ -116,7 +125,9 @@ def cached_centroids(config, split: str, pairs, lut, load_label, num_classes: in
     """Centroids of ``pairs``' labels, read from / written to the JSON cache."""
     tile = int(config.class_uniform_tile)
     key = fingerprint([p[1] for p in pairs], lut, tile)
-    path = os.path.join(cache_directory(config), f"centroids_{config.dataset}_{split}_t{tile}_{key[:16]}.json")
+    path = os.path.join(
+        cache_directory(config), f"centroids_{config.dataset}_{split}_t{tile}_{key[:16]}.json"
+    )
     if os.path.isfile(path):
         try:
             with open(path) as f:
@@ -126,8 +137,15 @@ def cached_centroids(config, split: str, pairs, lut, load_label, num_classes: in
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: recompute
     cents = compute_centroids(len(pairs), load_label, num_classes, tile)
-    obj = {"version": CACHE_VERSION, "fingerprint": key, "dataset": config.dataset, "split": split,
-           "tile": tile, "num_images": len(pairs), **cents.to_json()}
+    obj = {
+        "version": CACHE_VERSION,
+        "fingerprint": key,
+        "dataset": config.dataset,
+        "split": split,
+        "tile": tile,
+        "num_images": len(pairs),
+        **cents.to_json(),
+    }
     tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f)
@@ -144,7 +162,9 @@ def pick_centroid(seed, centroids_table, offsets, present):
 
     s1 = tf.random.experimental.stateless_fold_in(seed, 101)
     s2 = tf.random.experimental.stateless_fold_in(seed, 102)
-    k = tf.random.stateless_uniform([], s1, 0, tf.shape(present, out_type=tf.int32)[0], dtype=tf.int32)
+    k = tf.random.stateless_uniform(
+        [], s1, 0, tf.shape(present, out_type=tf.int32)[0], dtype=tf.int32
+    )
     cls = tf.gather(present, k)
     start, stop = tf.gather(offsets, cls), tf.gather(offsets, cls + 1)
     j = start + tf.random.stateless_uniform([], s2, 0, 2**31 - 1, dtype=tf.int64) % (stop - start)

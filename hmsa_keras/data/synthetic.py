@@ -24,25 +24,51 @@ import numpy as np
 from hmsa_keras.data.labels import IGNORE, DatasetInfo, identity_lut
 
 CLASS_NAMES = (
-    "sky", "building", "vegetation", "road", "sidewalk",
-    "lane_marking", "pole", "sign", "car", "person",
+    "sky",
+    "building",
+    "vegetation",
+    "road",
+    "sidewalk",
+    "lane_marking",
+    "pole",
+    "sign",
+    "car",
+    "person",
 )
 COLORS = (
-    (70, 130, 180), (70, 70, 70), (107, 142, 35), (128, 64, 128), (244, 35, 232),
-    (255, 255, 255), (153, 153, 153), (220, 220, 0), (0, 0, 142), (220, 20, 60),
+    (70, 130, 180),
+    (70, 70, 70),
+    (107, 142, 35),
+    (128, 64, 128),
+    (244, 35, 232),
+    (255, 255, 255),
+    (153, 153, 153),
+    (220, 220, 0),
+    (0, 0, 142),
+    (220, 20, 60),
 )
 SKY, BUILDING, VEGETATION, ROAD, SIDEWALK, LANE, POLE, SIGN, CAR, PERSON = range(10)
 
 _SPLIT_IDS = {"train": 0, "val": 1, "validation": 1, "test": 2}
 
 # Rendered colours (RGB, 0..255); object colours get per-object jitter.
-_CAR_COLORS = np.array([[185, 30, 35], [35, 60, 175], [200, 200, 205], [30, 30, 35], [215, 120, 20]], np.float32)
-_SHIRT_COLORS = np.array([[185, 30, 35], [35, 60, 175], [40, 140, 60], [120, 40, 140], [230, 200, 40]], np.float32)
+_CAR_COLORS = np.array(
+    [[185, 30, 35], [35, 60, 175], [200, 200, 205], [30, 30, 35], [215, 120, 20]], np.float32
+)
+_SHIRT_COLORS = np.array(
+    [[185, 30, 35], [35, 60, 175], [40, 140, 60], [120, 40, 140], [230, 200, 40]], np.float32
+)
 
 
 def dataset_info(config=None) -> DatasetInfo:
-    return DatasetInfo("synthetic", len(CLASS_NAMES), IGNORE, list(CLASS_NAMES), list(COLORS),
-                       identity_lut(len(CLASS_NAMES)))
+    return DatasetInfo(
+        "synthetic",
+        len(CLASS_NAMES),
+        IGNORE,
+        list(CLASS_NAMES),
+        list(COLORS),
+        identity_lut(len(CLASS_NAMES)),
+    )
 
 
 def split_id(split: str) -> int:
@@ -50,7 +76,9 @@ def split_id(split: str) -> int:
 
 
 def split_size(config, split: str) -> int:
-    return int(config.synthetic_train_size if split == config.train_split else config.synthetic_val_size)
+    return int(
+        config.synthetic_train_size if split == config.train_split else config.synthetic_val_size
+    )
 
 
 class _Canvas:
@@ -135,7 +163,9 @@ def generate(seed: int, split: str, index: int, size=(128, 128)):
         bw = w * rng.uniform(0.12, 0.32)
         if rng.uniform() < 0.85:
             top_y = horizon - h * rng.uniform(0.08, 0.45)
-            base = np.array([rng.uniform(110, 175), rng.uniform(90, 140), rng.uniform(75, 120)], np.float32)
+            base = np.array(
+                [rng.uniform(110, 175), rng.uniform(90, 140), rng.uniform(75, 120)], np.float32
+            )
             s = c.rect(top_y, horizon + 1, x, x + bw, BUILDING, base)
             if s is not None:
                 py, px = rng.uniform(4, 9), rng.uniform(4, 9)
@@ -150,9 +180,22 @@ def generate(seed: int, split: str, index: int, size=(128, 128)):
     for _ in range(rng.integers(0, 4)):
         r = h * rng.uniform(0.05, 0.16)
         tx, base_y = w * rng.uniform(0, 1), horizon + h * rng.uniform(0, 0.04)
-        c.rect(base_y - 2.2 * r, base_y, tx - 0.12 * r, tx + 0.12 * r, VEGETATION, np.array([90, 65, 40], np.float32))
-        c.ellipse(base_y - 2.2 * r, tx, r, r * rng.uniform(0.8, 1.3), VEGETATION,
-                  np.array([55, 120, 45], np.float32) + rng.uniform(-15, 15, 3))
+        c.rect(
+            base_y - 2.2 * r,
+            base_y,
+            tx - 0.12 * r,
+            tx + 0.12 * r,
+            VEGETATION,
+            np.array([90, 65, 40], np.float32),
+        )
+        c.ellipse(
+            base_y - 2.2 * r,
+            tx,
+            r,
+            r * rng.uniform(0.8, 1.3),
+            VEGETATION,
+            np.array([55, 120, 45], np.float32) + rng.uniform(-15, 15, 3),
+        )
 
     # Road: trapezoid towards the vanishing point (rows below the horizon only).
     half = road_half_bottom * depth[g0:]
@@ -193,18 +236,37 @@ def generate(seed: int, split: str, index: int, size=(128, 128)):
             c.rect(yb - ch, yb - 0.55 * ch, xc - 0.32 * cw, xc + 0.32 * cw, CAR, body)
             c.rect(yb - 0.6 * ch, yb - 0.12 * ch, xc - cw / 2, xc + cw / 2, CAR, body)
             if cw > 8:
-                c.rect(yb - 0.92 * ch, yb - 0.62 * ch, xc - 0.26 * cw, xc + 0.26 * cw, CAR,
-                       np.array([45, 55, 75], np.float32))
+                c.rect(
+                    yb - 0.92 * ch,
+                    yb - 0.62 * ch,
+                    xc - 0.26 * cw,
+                    xc + 0.26 * cw,
+                    CAR,
+                    np.array([45, 55, 75], np.float32),
+                )
                 for sx in (-0.3, 0.3):
-                    c.rect(yb - 0.25 * ch, yb, xc + sx * cw - 0.1 * cw, xc + sx * cw + 0.1 * cw, CAR,
-                           np.array([20, 20, 22], np.float32))
+                    c.rect(
+                        yb - 0.25 * ch,
+                        yb,
+                        xc + sx * cw - 0.1 * cw,
+                        xc + sx * cw + 0.1 * cw,
+                        CAR,
+                        np.array([20, 20, 22], np.float32),
+                    )
         else:
             side_sign = -1 if rng.uniform() < 0.5 else 1
             xc = vx + side_sign * (half_at * rng.uniform(1.05, 1.6) + rng.uniform(1, 4))
             if kind == "pole":
                 pw = max(1.0, 4.0 * d)
                 ph = 1.4 * h * d
-                c.rect(yb - ph, yb, xc - pw / 2, xc + pw / 2, POLE, np.array([120, 120, 130], np.float32))
+                c.rect(
+                    yb - ph,
+                    yb,
+                    xc - pw / 2,
+                    xc + pw / 2,
+                    POLE,
+                    np.array([120, 120, 130], np.float32),
+                )
                 if rng.uniform() < 0.5:
                     r = max(1.2, 7.0 * d)
                     color = np.array([235, 200, 30], np.float32) + rng.uniform(-15, 15, 3)
@@ -216,16 +278,32 @@ def generate(seed: int, split: str, index: int, size=(128, 128)):
                 ph = max(3.0, 0.6 * h * d)
                 pw = max(1.0, 0.3 * ph)
                 shirt = _SHIRT_COLORS[rng.integers(len(_SHIRT_COLORS))] + rng.uniform(-15, 15, 3)
-                c.rect(yb - 0.48 * ph, yb, xc - 0.4 * pw, xc + 0.4 * pw, PERSON, np.array([40, 45, 80], np.float32))
+                c.rect(
+                    yb - 0.48 * ph,
+                    yb,
+                    xc - 0.4 * pw,
+                    xc + 0.4 * pw,
+                    PERSON,
+                    np.array([40, 45, 80], np.float32),
+                )
                 c.rect(yb - 0.84 * ph, yb - 0.46 * ph, xc - pw / 2, xc + pw / 2, PERSON, shirt)
-                c.ellipse(yb - 0.92 * ph, xc, 0.09 * ph, 0.09 * ph, PERSON, np.array([225, 180, 150], np.float32))
+                c.ellipse(
+                    yb - 0.92 * ph,
+                    xc,
+                    0.09 * ph,
+                    0.09 * ph,
+                    PERSON,
+                    np.array([225, 180, 150], np.float32),
+                )
 
     # Texture, shading and sensor noise.
     img = c.image
     veg = c.label == VEGETATION
     img[veg] *= (1.0 + 0.35 * rng.uniform(-1, 1, (int(veg.sum()), 1))).astype(np.float32)
     img *= (1.0 + 0.12 * _smooth_noise(rng, h, w, max(4, h // 8)))[..., None]
-    shade = 1.0 + rng.uniform(-0.15, 0.15) * (xx / w - 0.5) + rng.uniform(-0.1, 0.1) * (yy / h - 0.5)
+    shade = (
+        1.0 + rng.uniform(-0.15, 0.15) * (xx / w - 0.5) + rng.uniform(-0.1, 0.1) * (yy / h - 0.5)
+    )
     img *= shade[..., None] * rng.uniform(0.8, 1.15)
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(3.0, 9.0))
     return np.clip(img, 0, 255).astype(np.uint8), c.label

@@ -61,15 +61,29 @@ def classes_per_chain(model, images, chains, flip=False):
         outs = model.segment_chains(images, chains, flip=flip)
     else:
         outs = [model.segment(images, scales=c, flip=flip) for c in chains]
-    return [tf.cast(o["classes"], tf.int32) if "classes" in o
-            else tf.argmax(o["logits"], axis=-1, output_type=tf.int32) for o in outs]
+    return [
+        tf.cast(o["classes"], tf.int32)
+        if "classes" in o
+        else tf.argmax(o["logits"], axis=-1, output_type=tf.int32)
+        for o in outs
+    ]
 
 
-def evaluate(model, dataset, num_classes: int, chains: Sequence[Sequence[float]] = ((1.0,),),
-             flip: bool = False, strategy=None, class_names: Optional[Sequence[str]] = None,
-             on_batch: Optional[Callable[[List[np.ndarray]], None]] = None,
-             max_images: Optional[int] = None, log_every: int = 50, tile_size=None,
-             tile_overlap: int = 128, tile_blend: str = "gaussian") -> List[ChainResult]:
+def evaluate(
+    model,
+    dataset,
+    num_classes: int,
+    chains: Sequence[Sequence[float]] = ((1.0,),),
+    flip: bool = False,
+    strategy=None,
+    class_names: Optional[Sequence[str]] = None,
+    on_batch: Optional[Callable[[List[np.ndarray]], None]] = None,
+    max_images: Optional[int] = None,
+    log_every: int = 50,
+    tile_size=None,
+    tile_overlap: int = 128,
+    tile_blend: str = "gaussian",
+) -> List[ChainResult]:
     """Evaluates ``model`` over ``dataset`` for every chain in ``chains`` in one pass.
 
     Args:
@@ -96,8 +110,10 @@ def evaluate(model, dataset, num_classes: int, chains: Sequence[Sequence[float]]
         raise ValueError("evaluate needs at least one scale chain")
     model_classes = getattr(model, "num_classes", None)
     if model_classes is not None and int(model_classes) != int(num_classes):
-        raise ValueError(f"the model predicts {model_classes} classes but the dataset has {num_classes}: "
-                         "evaluate on the dataset the model was trained for (--dataset/--data_dir)")
+        raise ValueError(
+            f"the model predicts {model_classes} classes but the dataset has {num_classes}: "
+            "evaluate on the dataset the model was trained for (--dataset/--data_dir)"
+        )
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if tile_size is not None and replicas > 1:
@@ -123,8 +139,11 @@ def evaluate(model, dataset, num_classes: int, chains: Sequence[Sequence[float]]
             on_batch(per_chain)
         if log_every and count["images"] - count["logged"] >= log_every:
             count["logged"] = count["images"]
-            log.info("evaluated %d images (%.2f s/image)", count["images"],
-                     (time.perf_counter() - start) / count["images"])
+            log.info(
+                "evaluated %d images (%.2f s/image)",
+                count["images"],
+                (time.perf_counter() - start) / count["images"],
+            )
 
     def done():
         return bool(max_images) and count["images"] >= max_images
@@ -135,8 +154,23 @@ def evaluate(model, dataset, num_classes: int, chains: Sequence[Sequence[float]]
 
         for images, labels in dataset:
             pixels = denormalize(images.numpy())
-            per_chain = [np.stack([segment_image(model, p, c, flip, tile_size=tile_size, tile_overlap=tile_overlap,
-                                                 tile_blend=tile_blend)["classes"] for p in pixels]) for c in chains]
+            per_chain = [
+                np.stack(
+                    [
+                        segment_image(
+                            model,
+                            p,
+                            c,
+                            flip,
+                            tile_size=tile_size,
+                            tile_overlap=tile_overlap,
+                            tile_blend=tile_blend,
+                        )["classes"]
+                        for p in pixels
+                    ]
+                )
+                for c in chains
+            ]
             for metric, c in zip(metrics, per_chain):
                 metric.update_state(tf.cast(labels, tf.int32), c)
             report(per_chain)
@@ -159,9 +193,16 @@ def evaluate(model, dataset, num_classes: int, chains: Sequence[Sequence[float]]
     for scales, metric in zip(chains, metrics):
         cm = np.rint(metric.matrix().numpy()).astype(np.int64)  # summed over replicas on read
         m = compute_metrics(cm, class_names)
-        m.update(scales=list(scales), flip=bool(flip), chain=chain_name(scales, flip),
-                 num_images=count["images"], seconds=seconds, seconds_per_image=seconds / count["images"],
-                 replicas=replicas, tile_size=list(tile_size) if tile_size is not None else None)
+        m.update(
+            scales=list(scales),
+            flip=bool(flip),
+            chain=chain_name(scales, flip),
+            num_images=count["images"],
+            seconds=seconds,
+            seconds_per_image=seconds / count["images"],
+            replicas=replicas,
+            tile_size=list(tile_size) if tile_size is not None else None,
+        )
         results.append(ChainResult(scales, bool(flip), cm, m, count["images"], seconds))
     return results
 
@@ -180,7 +221,9 @@ def _distributed(strategy, dataset, replica_step, report, max_images):
         first_batch = int(next(iter(dataset))[0].shape[0])
         batches = min(batches, -(-max_images // first_batch))
     rounds = -(-batches // replicas)
-    pad = dataset.take(1).map(lambda x, y: (x, tf.fill(tf.shape(y), tf.constant(IGNORE_LABEL, y.dtype))))
+    pad = dataset.take(1).map(
+        lambda x, y: (x, tf.fill(tf.shape(y), tf.constant(IGNORE_LABEL, y.dtype)))
+    )
     padded = dataset.take(batches).concatenate(pad.repeat(replicas - 1)).take(rounds * replicas)
     iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: padded))
 

@@ -50,7 +50,9 @@ class CityscapesSubmissionWriter:
             stem = stem[: -len("_leftImg8bit")]
         parts = stem.split("_")
         if len(parts) < 3:
-            raise ValueError(f"{image_path}: not a Cityscapes image name (<city>_<seq>_<frame>_leftImg8bit.png)")
+            raise ValueError(
+                f"{image_path}: not a Cityscapes image name (<city>_<seq>_<frame>_leftImg8bit.png)"
+            )
         city = "_".join(parts[:-2])
         return city, f"{stem}_leftImg8bit.png"
 
@@ -59,13 +61,17 @@ class CityscapesSubmissionWriter:
 
         for classes in classes_per_chain[self.chain]:
             if self.index >= len(self.pairs):
-                raise ValueError(f"more predictions than the {len(self.pairs)} listed images: "
-                                 "the file list and the dataset disagree")
+                raise ValueError(
+                    f"more predictions than the {len(self.pairs)} listed images: "
+                    "the file list and the dataset disagree"
+                )
             image_path, label_path = self.pairs[self.index]
             self.index += 1
             with Image.open(label_path) as gt:
                 gt_size = gt.size  # (W, H)
-            label_ids = Image.fromarray(self.table[np.asarray(classes, np.int64)].astype(np.uint8), mode="L")
+            label_ids = Image.fromarray(
+                self.table[np.asarray(classes, np.int64)].astype(np.uint8), mode="L"
+            )
             if label_ids.size != gt_size:
                 label_ids = label_ids.resize(gt_size, Image.NEAREST)
                 self.resized += 1
@@ -76,16 +82,23 @@ class CityscapesSubmissionWriter:
 
     def close(self):
         if self.index != len(self.pairs):
-            log.warning("wrote %d of %d Cityscapes predictions (evaluation stopped early?)",
-                        self.index, len(self.pairs))
+            log.warning(
+                "wrote %d of %d Cityscapes predictions (evaluation stopped early?)",
+                self.index,
+                len(self.pairs),
+            )
         if self.resized:
-            log.warning("%d prediction(s) were resized (nearest) to the ground-truth size: the "
-                        "evaluation ran at a reduced size (eval_long_edge), so the official "
-                        "scores will differ from hmsa-eval's", self.resized)
+            log.warning(
+                "%d prediction(s) were resized (nearest) to the ground-truth size: the "
+                "evaluation ran at a reduced size (eval_long_edge), so the official "
+                "scores will differ from hmsa-eval's",
+                self.resized,
+            )
 
 
-def official_cityscapes_eval(results_dir: str, dataset_dir: str, split: str = "val",
-                             quiet: bool = True) -> dict:
+def official_cityscapes_eval(
+    results_dir: str, dataset_dir: str, split: str = "val", quiet: bool = True
+) -> dict:
     """Runs ``cityscapesscripts``' pixel-level evaluator programmatically on ``results_dir``
     against ``dataset_dir/gtFine/<split>/*/*_gtFine_labelIds.png``.
 
@@ -111,14 +124,20 @@ def official_cityscapes_eval(results_dir: str, dataset_dir: str, split: str = "v
     args.colorized = False
     args.bold = args.nocol = ""
     args.exportFile = os.path.join(results_dir, "resultPixelLevelSemanticLabeling.json")
-    gts = sorted(glob.glob(os.path.join(dataset_dir, "gtFine", split, "*", "*_gtFine_labelIds.png")))
+    gts = sorted(
+        glob.glob(os.path.join(dataset_dir, "gtFine", split, "*", "*_gtFine_labelIds.png"))
+    )
     if not gts:
         raise FileNotFoundError(f"no *_gtFine_labelIds.png under {dataset_dir}/gtFine/{split}")
     preds = [cs.getPrediction(args, gt) for gt in gts]
     raw = cs.evaluateImgLists(preds, gts, args)
     class_iou = dict(raw["classScores"])
     values = [v for v in class_iou.values() if not math.isnan(v)]
-    return {"miou": float(np.mean(values)) if values else float("nan"), "class_iou": class_iou, "raw": raw}
+    return {
+        "miou": float(np.mean(values)) if values else float("nan"),
+        "class_iou": class_iou,
+        "raw": raw,
+    }
 
 
 __all__ = ["CityscapesSubmissionWriter", "official_cityscapes_eval"]

@@ -36,9 +36,20 @@ except ImportError:  # copied to a device without hmsa_keras: the copies beside 
     import image_io  # noqa: E402
 
 # tensorflow/core/framework/types.proto
-DTYPES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.uint8): 4,
-          np.dtype(np.int16): 5, np.dtype(np.int8): 6, np.dtype(np.int64): 9, np.dtype(np.bool_): 10,
-          np.dtype(np.uint16): 17, np.dtype(np.float16): 19, np.dtype(np.uint32): 22, np.dtype(np.uint64): 23}
+DTYPES = {
+    np.dtype(np.float32): 1,
+    np.dtype(np.float64): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.uint8): 4,
+    np.dtype(np.int16): 5,
+    np.dtype(np.int8): 6,
+    np.dtype(np.int64): 9,
+    np.dtype(np.bool_): 10,
+    np.dtype(np.uint16): 17,
+    np.dtype(np.float16): 19,
+    np.dtype(np.uint32): 22,
+    np.dtype(np.uint64): 23,
+}
 DT_STRING = 7
 NUMPY_OF = {v: k for k, v in DTYPES.items()}
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -90,11 +101,11 @@ def parse_fields(data: bytes):
             value, pos = _read_varint(data, pos)
         elif wire == 2:
             size, pos = _read_varint(data, pos)
-            value, pos = bytes(data[pos:pos + size]), pos + size
+            value, pos = bytes(data[pos : pos + size]), pos + size
         elif wire == 5:
-            value, pos = bytes(data[pos:pos + 4]), pos + 4
+            value, pos = bytes(data[pos : pos + 4]), pos + 4
         elif wire == 1:
-            value, pos = bytes(data[pos:pos + 8]), pos + 8
+            value, pos = bytes(data[pos : pos + 8]), pos + 8
         else:
             raise ValueError(f"unsupported protobuf wire type {wire} (field {number})")
         fields.append((number, wire, value))
@@ -113,7 +124,9 @@ def encode_tensor(value) -> bytes:
         if array.dtype not in DTYPES:
             raise ValueError(f"no TensorProto dtype for numpy {array.dtype}")
         dtype = DTYPES[array.dtype]
-        body = _field(4, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes())
+        body = _field(
+            4, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+        )
     shape = b"".join(_field(2, _int_field(1, d)) for d in array.shape)
     return _int_field(1, dtype) + _field(2, shape) + body
 
@@ -153,11 +166,18 @@ def decode_tensor(data: bytes) -> np.ndarray:
     shape = []
     for n, _, v in fields:
         if n == 2:
-            shape = [next((x for m, _, x in parse_fields(d) if m == 1), 0)
-                     for k, _, d in parse_fields(v) if k == 2]
+            shape = [
+                next((x for m, _, x in parse_fields(d) if m == 1), 0)
+                for k, _, d in parse_fields(v)
+                if k == 2
+            ]
     if dtype == DT_STRING:
         values = np.array([v for n, _, v in fields if n == 8], dtype=object)
-        return values.reshape(shape) if values.size == int(np.prod(shape)) else np.full(shape, values[0], object)
+        return (
+            values.reshape(shape)
+            if values.size == int(np.prod(shape))
+            else np.full(shape, values[0], object)
+        )
     if dtype not in NUMPY_OF:
         raise ValueError(f"unsupported TensorProto dtype {dtype}")
     np_dtype = NUMPY_OF[dtype]
@@ -254,8 +274,13 @@ class PredictionClient:
         import grpc
 
         limit = int(max_message_mb * 1024 * 1024)
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", limit),
-                                                              ("grpc.max_receive_message_length", limit)])
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
+        )
         self.model, self.timeout = model, timeout
         self._predict = self.channel.unary_unary(PREDICT_METHOD)  # no (de)serializers: raw bytes
 
@@ -268,7 +293,9 @@ class PredictionClient:
         try:
             return decode_predict_response(self._predict(request, timeout=self.timeout))
         except grpc.RpcError as exc:
-            raise RuntimeError(f"TF Serving gRPC error {exc.code().name}: {exc.details()}") from None
+            raise RuntimeError(
+                f"TF Serving gRPC error {exc.code().name}: {exc.details()}"
+            ) from None
 
     def segment(self, image, signature="serving_default"):
         """int32 class map ``[H, W]`` of one uint8 RGB image (a tensor request), or of one
@@ -302,9 +329,14 @@ def main(argv=None):
     parser.add_argument("image", help="image file to segment (PNG/JPEG/...)")
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8500, help="TF Serving gRPC port")
-    parser.add_argument("--model", default="hmsa", help="--model_name given to tensorflow_model_server")
-    parser.add_argument("--signature", default="serving_default",
-                        choices=["serving_default", "serving_encoded", "serving_encoded_png"])
+    parser.add_argument(
+        "--model", default="hmsa", help="--model_name given to tensorflow_model_server"
+    )
+    parser.add_argument(
+        "--signature",
+        default="serving_default",
+        choices=["serving_default", "serving_encoded", "serving_encoded_png"],
+    )
     parser.add_argument("--out", help="write the class map here (8-bit PNG of class ids)")
     args = parser.parse_args(argv)
 
@@ -313,7 +345,9 @@ def main(argv=None):
         classes = client.segment(image_io.image_bytes(args.image), args.signature)
     else:
         classes = client.segment(image_io.read_image(args.image), args.signature)
-    print(f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, classes {np.unique(classes).tolist()}")
+    print(
+        f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, classes {np.unique(classes).tolist()}"
+    )
     if args.out:
         from PIL import Image
 

@@ -50,9 +50,25 @@ min_size_problem = conventions.min_size_problem
 
 # Cityscapes' 19 train-id colours, then a deterministic spread for more classes.
 _BASE_COLORS = [
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
 ]
 METADATA_NAME = "hmsa_metadata"
 
@@ -88,7 +104,9 @@ def read_metadata(model_path):
             entry = root.Metadata(i)
             name = entry.Name()
             if (name.decode() if isinstance(name, bytes) else name) == METADATA_NAME:
-                return json.loads(root.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+                return json.loads(
+                    root.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8")
+                )
     except (ImportError, OSError, ValueError):
         pass
     sidecar = (model_path[:-7] if model_path.endswith(".tflite") else model_path) + ".metadata.json"
@@ -129,7 +147,11 @@ class LiteRTSegmenter:
             raise ValueError(f"{model_path}: input must be [1, H, W, 3], found {signature}")
         self.dynamic = any(int(d) < 0 for d in signature[1:3])
         self.fixed_size = None if self.dynamic else (int(signature[1]), int(signature[2]))
-        self.scales = tuple(self.metadata["scales"]) if self.metadata and self.metadata.get("scales") else None
+        self.scales = (
+            tuple(self.metadata["scales"])
+            if self.metadata and self.metadata.get("scales")
+            else None
+        )
         self.outputs = self._name_outputs()
         self._shape = None
 
@@ -171,9 +193,11 @@ class LiteRTSegmenter:
                 self.interpreter.allocate_tensors()
             except RuntimeError as exc:  # e.g. "XNNPack delegate failed to reshape runtime"
                 self._shape = None
-                raise ValueError(f"{name}: {self.path} cannot run on an image of {h}x{w} (HxW) (LiteRT: "
-                                 f"{str(exc).splitlines()[0]}); images must be at least {MIN_SIDE} pixels "
-                                 "per side at the smallest scale of the chain") from None
+                raise ValueError(
+                    f"{name}: {self.path} cannot run on an image of {h}x{w} (HxW) (LiteRT: "
+                    f"{str(exc).splitlines()[0]}); images must be at least {MIN_SIDE} pixels "
+                    "per side at the smallest scale of the chain"
+                ) from None
             self._shape = shape
 
     def _feed(self, image):
@@ -197,7 +221,9 @@ class LiteRTSegmenter:
         asked for and the file has them). Raises ValueError for a bad or too small image."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"{name}: expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"{name}: expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}"
+            )
         h, w = image.shape[:2]
         self.check_size(h, w, name)
         x = image
@@ -209,14 +235,18 @@ class LiteRTSegmenter:
         result = {}
         if "probabilities" in self.outputs and (probabilities or "classes" not in self.outputs):
             result["probabilities"] = self._dequantize(
-                self.outputs["probabilities"], self.interpreter.get_tensor(self.outputs["probabilities"]["index"]))[0]
+                self.outputs["probabilities"],
+                self.interpreter.get_tensor(self.outputs["probabilities"]["index"]),
+            )[0]
         if "classes" in self.outputs:
             classes = self.interpreter.get_tensor(self.outputs["classes"]["index"])[0]
         else:
             classes = np.argmax(result["probabilities"], axis=-1)
         classes = classes.astype(np.int32)
         if classes.shape != (h, w):
-            classes = np.asarray(Image.fromarray(classes).resize((w, h), Image.NEAREST)).astype(np.int32)
+            classes = np.asarray(Image.fromarray(classes).resize((w, h), Image.NEAREST)).astype(
+                np.int32
+            )
             result.pop("probabilities", None)  # only the class map is resized back
         result["classes"] = classes
         return result
@@ -226,12 +256,16 @@ class LiteRTSegmenter:
         image); ``N = 0`` returns ``[0, H, W]``."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"{name}: expected a uint8 batch [N, H, W, 3] of RGB images, got "
-                             f"{images.dtype} {images.shape}")
+            raise ValueError(
+                f"{name}: expected a uint8 batch [N, H, W, 3] of RGB images, got "
+                f"{images.dtype} {images.shape}"
+            )
         if images.shape[0] == 0:
             return np.zeros(images.shape[:3], np.int32)
         self.check_size(images.shape[1], images.shape[2], name)
-        return np.stack([self.segment(img, name=f"{name}[{i}]")["classes"] for i, img in enumerate(images)])
+        return np.stack(
+            [self.segment(img, name=f"{name}[{i}]")["classes"] for i, img in enumerate(images)]
+        )
 
     def benchmark(self, size, runs=10, warmup=2, seed=0):
         """Median and all latencies (seconds) of ``invoke`` at ``size`` = (h, w)."""
@@ -260,14 +294,21 @@ def _parse_size(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help=".tflite file")
     parser.add_argument("images", nargs="*", help="RGB images (PNG/JPEG)")
     parser.add_argument("--out", help="output PNG (one image) or folder (default: <image>_seg.png)")
-    parser.add_argument("--raw", action="store_true", help="write class ids as an 8-bit PNG, not colours")
-    parser.add_argument("--overlay", type=float, default=0.0, help="blend colours over the image (0..1)")
-    parser.add_argument("--labels", help="labels.json with 'colors' (default: labels.json beside the model)")
+    parser.add_argument(
+        "--raw", action="store_true", help="write class ids as an 8-bit PNG, not colours"
+    )
+    parser.add_argument(
+        "--overlay", type=float, default=0.0, help="blend colours over the image (0..1)"
+    )
+    parser.add_argument(
+        "--labels", help="labels.json with 'colors' (default: labels.json beside the model)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--benchmark", metavar="HxW", help="time invoke at this size and exit")
     parser.add_argument("--runs", type=int, default=10, help="timed runs for --benchmark")
@@ -277,17 +318,23 @@ def main(argv=None):
     if args.benchmark:
         median, _ = segmenter.benchmark(_parse_size(args.benchmark), args.runs)
         size = segmenter.fixed_size or _parse_size(args.benchmark)
-        print(f"{args.model}: median {median * 1000:.1f} ms at {size[0]}x{size[1]} "
-              f"({args.threads} threads, {args.runs} runs)")
+        print(
+            f"{args.model}: median {median * 1000:.1f} ms at {size[0]}x{size[1]} "
+            f"({args.threads} threads, {args.runs} runs)"
+        )
         return 0
     if not args.images:
         parser.error("give at least one image (or --benchmark HxW)")
-    labels = args.labels or os.path.join(os.path.dirname(os.path.abspath(args.model)), "labels.json")
+    labels = args.labels or os.path.join(
+        os.path.dirname(os.path.abspath(args.model)), "labels.json"
+    )
     if args.labels or not (segmenter.metadata and segmenter.metadata.get("colors")):
         palette = load_palette(labels) if os.path.isfile(labels) else default_palette()
     else:
         palette = palette_of(segmenter.metadata["colors"])
-    many = len(args.images) > 1 or (args.out and (args.out.endswith(os.sep) or os.path.isdir(args.out)))
+    many = len(args.images) > 1 or (
+        args.out and (args.out.endswith(os.sep) or os.path.isdir(args.out))
+    )
     if many and args.out:
         os.makedirs(args.out, exist_ok=True)
     for path in args.images:
@@ -309,10 +356,14 @@ def main(argv=None):
         else:
             picture = colorize(classes, palette)
             if args.overlay > 0:
-                picture = np.clip((1 - args.overlay) * image + args.overlay * picture + 0.5, 0, 255).astype(np.uint8)
+                picture = np.clip(
+                    (1 - args.overlay) * image + args.overlay * picture + 0.5, 0, 255
+                ).astype(np.uint8)
         Image.fromarray(picture).save(out)
         found = np.unique(classes)
-        print(f"{path} -> {out} ({image.shape[0]}x{image.shape[1]}, {elapsed * 1000:.0f} ms, classes {found.tolist()})")
+        print(
+            f"{path} -> {out} ({image.shape[0]}x{image.shape[1]}, {elapsed * 1000:.0f} ms, classes {found.tolist()})"
+        )
     return 0
 
 

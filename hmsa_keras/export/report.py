@@ -30,7 +30,9 @@ from hmsa_keras.conventions import IGNORE_LABEL
 def dir_size(path):
     if os.path.isfile(path):
         return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    return sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+    )
 
 
 def sample_pairs(data_cfg, split, count, training):
@@ -90,8 +92,9 @@ def miou(predictions, labels, num_classes, class_names=None):
         y = np.asarray(y).reshape(-1).astype(np.int64)
         p = np.asarray(p).reshape(-1).astype(np.int64)
         keep = (y >= 0) & (y < num_classes) & (y != IGNORE_LABEL)
-        cm += np.bincount(y[keep] * num_classes + p[keep], minlength=num_classes ** 2).reshape(
-            num_classes, num_classes)
+        cm += np.bincount(y[keep] * num_classes + p[keep], minlength=num_classes**2).reshape(
+            num_classes, num_classes
+        )
     metrics = compute_metrics(cm, class_names)
     return metrics["miou"], metrics
 
@@ -102,8 +105,18 @@ class EvalSet:
     ``"calibration"`` (resized to the calibration size), the last two only when they are
     other images than the ones before."""
 
-    def __init__(self, model, images, labels, scales, flip, deploy_size=None, calibration_size=None,
-                 num_classes=None, class_names=None):
+    def __init__(
+        self,
+        model,
+        images,
+        labels,
+        scales,
+        flip,
+        deploy_size=None,
+        calibration_size=None,
+        num_classes=None,
+        class_names=None,
+    ):
         self.sets = {}
         self.labels = list(labels) if labels is not None else None
         self.num_classes = num_classes or int(model.num_classes)
@@ -186,19 +199,40 @@ def format_table(rows, sizes=None):
         cols.append(("agreement_deploy", f"agree@{sizes['deploy']}"))
     if "calibration" in sizes:
         cols.append(("agreement_calibration", f"agree@{sizes['calibration']}"))
-    header = f"{'artefact':<38} {'size':>9}" + "".join(f" {t:>16}" for _, t in cols) + f" {'mIoU':>7} {'latency':>18}"
+    header = (
+        f"{'artefact':<38} {'size':>9}"
+        + "".join(f" {t:>16}" for _, t in cols)
+        + f" {'mIoU':>7} {'latency':>18}"
+    )
     lines = [header]
     for r in rows:
         size = f"{r['size_bytes'] / 1e6:.2f} MB" if r.get("size_bytes") is not None else "-"
-        lat = f"{1000 * r['latency_s']:.0f} ms @{r['latency_size']}" if r.get("latency_s") is not None else "-"
+        lat = (
+            f"{1000 * r['latency_s']:.0f} ms @{r['latency_size']}"
+            if r.get("latency_s") is not None
+            else "-"
+        )
         miou_text = f"{100 * r['miou']:.2f}" if r.get("miou") is not None else "-"
-        lines.append(f"{r['file']:<38} {size:>9}" + "".join(f" {_pct(r.get(k)):>16}" for k, _ in cols)
-                     + f" {miou_text:>7} {lat:>18}")
+        lines.append(
+            f"{r['file']:<38} {size:>9}"
+            + "".join(f" {_pct(r.get(k)):>16}" for k, _ in cols)
+            + f" {miou_text:>7} {lat:>18}"
+        )
     return "\n".join(lines)
 
 
-def float_fallback_sweep(module, calibration_images, eval_set, latency_size, candidates=None, runs=3,
-                         threads=2, outputs=("classes", "probabilities"), echo=print, workdir=None):
+def float_fallback_sweep(
+    module,
+    calibration_images,
+    eval_set,
+    latency_size,
+    candidates=None,
+    runs=3,
+    threads=2,
+    outputs=("classes", "probabilities"),
+    echo=print,
+    workdir=None,
+):
     """Per-op float fallback of ``full_int8``: for the plain file and for each op type in
     ``candidates`` (default: every op type of the plain file that is quantized), convert
     with that type kept in float and measure agreement and latency. Returns rows
@@ -216,7 +250,10 @@ def float_fallback_sweep(module, calibration_images, eval_set, latency_size, can
         path = os.path.join(workdir, "sweep_" + ("_".join(float_ops) or "none") + ".tflite")
         with open(path, "wb") as f:
             f.write(content)
-        row = {"float_ops": list(float_ops), **check_tflite(path, eval_set, latency_size, runs, threads)}
+        row = {
+            "float_ops": list(float_ops),
+            **check_tflite(path, eval_set, latency_size, runs, threads),
+        }
         row["size_bytes"] = len(content)
         row["file"] = "+".join(float_ops) or "(all int8)"
         rows.append(row)
@@ -226,7 +263,17 @@ def float_fallback_sweep(module, calibration_images, eval_set, latency_size, can
     echo(format_table([], eval_set.sizes()))
     plain = run(())
     if candidates is None:
-        skip = {"QUANTIZE", "DEQUANTIZE", "ARG_MAX", "SHAPE", "STRIDED_SLICE", "PACK", "CAST", "FLOOR", "MUL_INT"}
+        skip = {
+            "QUANTIZE",
+            "DEQUANTIZE",
+            "ARG_MAX",
+            "SHAPE",
+            "STRIDED_SLICE",
+            "PACK",
+            "CAST",
+            "FLOOR",
+            "MUL_INT",
+        }
         candidates = sorted(set(tflite.operator_codes(plain)) - skip)
     for op in candidates:
         try:

@@ -70,11 +70,19 @@ def check_images(images):
     the batch with a static ``[None, None, None, 3]`` shape (the asserts run first)."""
     rank = tf.rank(images)
     padded = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], axis=0)[:4]
-    sizes_ok = tf.logical_or(tf.equal(padded[0], 0), tf.reduce_all(padded[1:3] > 0))  # empty batch: any
+    sizes_ok = tf.logical_or(
+        tf.equal(padded[0], 0), tf.reduce_all(padded[1:3] > 0)
+    )  # empty batch: any
     ok = tf.logical_and(tf.equal(rank, 4), tf.logical_and(tf.equal(padded[3], 3), sizes_ok))
     check = tf.debugging.Assert(
-        ok, ["`images` must be a 4-D uint8 batch [batch, height, width, 3] of RGB pixels with "
-             "height, width > 0; got shape", tf.shape(images)], summarize=8)
+        ok,
+        [
+            "`images` must be a 4-D uint8 batch [batch, height, width, 3] of RGB pixels with "
+            "height, width > 0; got shape",
+            tf.shape(images),
+        ],
+        summarize=8,
+    )
     with tf.control_dependencies([check]):
         shape = tf.shape(images)
         # reshape rather than tf.ensure_shape: EnsureShape can fail at function
@@ -100,11 +108,28 @@ def min_size_message(height, width, scale, name="images"):
     reaches = tf.floor(candidates * scale) >= conventions.MIN_SIDE
     need = tf.cast(tf.gather(candidates, tf.argmax(tf.cast(reaches, tf.int32))), tf.int32)
     s = _g(scale)
-    return tf.strings.join([
-        name, ": image of ", tf.strings.as_string(height), "x", tf.strings.as_string(width),
-        " (HxW) is ", tf.strings.as_string(scaled[0]), "x", tf.strings.as_string(scaled[1]), " at scale ", s,
-        f": every side must be at least {conventions.MIN_SIDE} pixels at every scale of the chain, i.e. at "
-        "least ", tf.strings.as_string(need), " pixels at scale ", s, "; use a larger image or drop scale ", s])
+    return tf.strings.join(
+        [
+            name,
+            ": image of ",
+            tf.strings.as_string(height),
+            "x",
+            tf.strings.as_string(width),
+            " (HxW) is ",
+            tf.strings.as_string(scaled[0]),
+            "x",
+            tf.strings.as_string(scaled[1]),
+            " at scale ",
+            s,
+            f": every side must be at least {conventions.MIN_SIDE} pixels at every scale of the chain, i.e. at "
+            "least ",
+            tf.strings.as_string(need),
+            " pixels at scale ",
+            s,
+            "; use a larger image or drop scale ",
+            s,
+        ]
+    )
 
 
 def check_min_size(images, scales, name="images"):
@@ -116,7 +141,9 @@ def check_min_size(images, scales, name="images"):
     scaled = tf.maximum(tf.cast(tf.floor(tf.cast(shape[1:3], tf.float32) * scale), tf.int32), 1)
     ok = tf.logical_or(tf.equal(shape[0], 0), tf.reduce_min(scaled) >= conventions.MIN_SIDE)
     # the message is built only when the check fails (tf.cond), it costs nothing otherwise
-    message = tf.cond(ok, lambda: tf.constant(""), lambda: min_size_message(shape[1], shape[2], scale, name))
+    message = tf.cond(
+        ok, lambda: tf.constant(""), lambda: min_size_message(shape[1], shape[2], scale, name)
+    )
     check = tf.debugging.Assert(ok, [message])
     with tf.control_dependencies([check]):
         return tf.identity(images)
@@ -131,11 +158,18 @@ def decode_images(image_bytes):
     file and that all images of the batch share a size. ``N == 0`` gives ``[0, 0, 0, 3]``."""
     image_bytes = tf.reshape(image_bytes, [-1])
     head = tf.strings.substr(image_bytes, 0, 4)
-    known = tf.reduce_any(tf.stack([tf.strings.substr(head, 0, len(m)) == m for m in _MAGIC]), axis=0)
+    known = tf.reduce_any(
+        tf.stack([tf.strings.substr(head, 0, len(m)) == m for m in _MAGIC]), axis=0
+    )
     check = tf.debugging.Assert(
-        tf.reduce_all(known), ["`image_bytes` must hold encoded PNG or JPEG files (GIF/BMP also work); "
-                               "these elements are not (1 = bad):", tf.cast(tf.logical_not(known), tf.int32)],
-        summarize=64)
+        tf.reduce_all(known),
+        [
+            "`image_bytes` must hold encoded PNG or JPEG files (GIF/BMP also work); "
+            "these elements are not (1 = bad):",
+            tf.cast(tf.logical_not(known), tf.int32),
+        ],
+        summarize=64,
+    )
 
     def decode(data):
         return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -150,10 +184,17 @@ def decode_images(image_bytes):
         shapes = tf.map_fn(lambda b: tf.shape(decode(b)), image_bytes, fn_output_signature=tf.int32)
         same = tf.debugging.Assert(
             tf.reduce_all(tf.equal(shapes, shapes[0])),
-            ["`image_bytes`: the images of one request must share a size (send one image per request); "
-             "got [height, width, channels] =", shapes], summarize=64)
+            [
+                "`image_bytes`: the images of one request must share a size (send one image per request); "
+                "got [height, width, channels] =",
+                shapes,
+            ],
+            summarize=64,
+        )
         with tf.control_dependencies([same]):
-            return tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+            return tf.map_fn(
+                decode, image_bytes, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8)
+            )
 
     with tf.control_dependencies([check]):
         n = tf.size(image_bytes)
@@ -164,8 +205,11 @@ def encode_class_maps(classes, num_classes):
     """int32 ``[N, H, W]`` -> DT_STRING ``[N]`` single-channel PNGs (uint8 for up to 256
     classes, else uint16)."""
     dtype = tf.uint8 if num_classes <= 256 else tf.uint16
-    return tf.map_fn(lambda c: tf.io.encode_png(tf.cast(c, dtype)[..., None]), classes,
-                     fn_output_signature=tf.TensorSpec([], tf.string))
+    return tf.map_fn(
+        lambda c: tf.io.encode_png(tf.cast(c, dtype)[..., None]),
+        classes,
+        fn_output_signature=tf.TensorSpec([], tf.string),
+    )
 
 
 def dynamic_hierarchical(network, x, scales, num_classes):
@@ -185,8 +229,11 @@ def dynamic_hierarchical(network, x, scales, num_classes):
         return i + 1, F.hierarchical_step(pred, *run(scales[i]), scales[i])
 
     _, pred = tf.while_loop(
-        lambda i, _: i < n, body, (tf.constant(1), pred0),
-        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, num_classes])))
+        lambda i, _: i < n,
+        body,
+        (tf.constant(1), pred0),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, num_classes])),
+    )
     return F.resize(pred, tf.shape(x)[1:3])
 
 
@@ -194,9 +241,12 @@ def check_scales(scales):
     scales = tf.reshape(scales, [-1])
     ok = tf.debugging.Assert(
         tf.logical_and(tf.size(scales) > 0, tf.reduce_all(scales > 0.0)),
-        ["`scales` must be a non-empty 1-D float32 tensor of positive scales; got", scales])
+        ["`scales` must be a non-empty 1-D float32 tensor of positive scales; got", scales],
+    )
     distinct = tf.debugging.Assert(
-        tf.equal(tf.size(tf.unique(scales)[0]), tf.size(scales)), ["`scales` must be distinct; got", scales])
+        tf.equal(tf.size(tf.unique(scales)[0]), tf.size(scales)),
+        ["`scales` must be distinct; got", scales],
+    )
     with tf.control_dependencies([ok, distinct]):
         return tf.identity(scales)
 
@@ -237,7 +287,9 @@ class HMSAExportModule(tf.Module):
         self.flip = bool(flip)
         self.num_classes = int(model.num_classes)
         self.hierarchical = model.fusion == "hierarchical"
-        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(self.num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [f"class_{i}" for i in range(self.num_classes)]
+        )
         self.colors = [list(map(int, c)) for c in (colors or [])]
         self._fns = _Untracked({})
 
@@ -256,18 +308,22 @@ class HMSAExportModule(tf.Module):
         """Segmentation of a uint8 batch with the export-time chain (eager or traced):
         ``classes``, ``probabilities``, ``attention`` [B, H, W, S], ``scales``."""
         out = self.model.segment(normalize(images), self.scales, self.flip, return_details=True)
-        return {"classes": out["classes"],
-                "probabilities": tf.nn.softmax(out["logits"], axis=-1),
-                "attention": tf.concat([out["attention"][s] for s in self.scales], axis=-1),
-                "scales": tf.constant(self.scales, tf.float32)}
+        return {
+            "classes": out["classes"],
+            "probabilities": tf.nn.softmax(out["logits"], axis=-1),
+            "attention": tf.concat([out["attention"][s] for s in self.scales], axis=-1),
+            "scales": tf.constant(self.scales, tf.float32),
+        }
 
     def empty(self, images):
         """The outputs of :meth:`segment` for a batch of no images (shapes ``[0, H, W, ...]``)."""
         shape = tf.shape(images)
-        return {"classes": tf.zeros(shape[:3], tf.int32),
-                "probabilities": tf.zeros(tf.concat([shape[:3], [self.num_classes]], 0), tf.float32),
-                "attention": tf.zeros(tf.concat([shape[:3], [len(self.scales)]], 0), tf.float32),
-                "scales": tf.constant(self.scales, tf.float32)}
+        return {
+            "classes": tf.zeros(shape[:3], tf.int32),
+            "probabilities": tf.zeros(tf.concat([shape[:3], [self.num_classes]], 0), tf.float32),
+            "attention": tf.zeros(tf.concat([shape[:3], [len(self.scales)]], 0), tf.float32),
+            "scales": tf.constant(self.scales, tf.float32),
+        }
 
     def core(self):
         """``tf.function`` of :meth:`segment`, traced once per input shape signature (a
@@ -278,14 +334,19 @@ class HMSAExportModule(tf.Module):
         x = normalize(images)
         logits = dynamic_hierarchical(self.model.network, x, scales, self.num_classes)
         if self.flip:
-            mirrored = dynamic_hierarchical(self.model.network, tf.reverse(x, axis=[2]), scales, self.num_classes)
+            mirrored = dynamic_hierarchical(
+                self.model.network, tf.reverse(x, axis=[2]), scales, self.num_classes
+            )
             logits = 0.5 * (logits + tf.reverse(mirrored, axis=[2]))
-        return {"classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
-                "probabilities": tf.nn.softmax(logits, axis=-1)}
+        return {
+            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+        }
 
     # -------------------------------------------------------------- signatures
     def signatures(self):
         """``{name: concrete function}`` for ``tf.saved_model.save``."""
+
         def build():
             core = self.core().get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.uint8))
 
@@ -312,21 +373,33 @@ class HMSAExportModule(tf.Module):
 
             @tf.function(input_signature=[ENCODED_SPEC], autograph=False)
             def serving_encoded_png(image_bytes):
-                return {"classes_png_bytes": encode_class_maps(classes(decode_images(image_bytes)),
-                                                               self.num_classes)}
+                return {
+                    "classes_png_bytes": encode_class_maps(
+                        classes(decode_images(image_bytes)), self.num_classes
+                    )
+                }
 
-            sigs = {"serving_default": serving_default.get_concrete_function(),
-                    "with_details": with_details.get_concrete_function(),
-                    "serving_encoded": serving_encoded.get_concrete_function(),
-                    "serving_encoded_png": serving_encoded_png.get_concrete_function()}
+            sigs = {
+                "serving_default": serving_default.get_concrete_function(),
+                "with_details": with_details.get_concrete_function(),
+                "serving_encoded": serving_encoded.get_concrete_function(),
+                "serving_encoded_png": serving_encoded_png.get_concrete_function(),
+            }
             if self.hierarchical:
+
                 @tf.function(input_signature=[IMAGES_SPEC, SCALES_SPEC], autograph=False)
                 def segment_with_scales(images, scales):
                     scales = check_scales(scales)
                     images = check_min_size(check_images(images), scales)
                     return _unless_empty(
-                        images, lambda x: self.dynamic_core(x, scales),
-                        lambda x: {k: v for k, v in self.empty(x).items() if k in ("classes", "probabilities")})
+                        images,
+                        lambda x: self.dynamic_core(x, scales),
+                        lambda x: {
+                            k: v
+                            for k, v in self.empty(x).items()
+                            if k in ("classes", "probabilities")
+                        },
+                    )
 
                 sigs["segment_with_scales"] = segment_with_scales.get_concrete_function()
             return sigs
@@ -344,8 +417,10 @@ class HMSAExportModule(tf.Module):
         def build():
             core = self.core().get_concrete_function(tf.TensorSpec([batch, h, w, 3], tf.uint8))
 
-            @tf.function(input_signature=[tf.TensorSpec([batch, h, w, 3], tf.uint8, name="images")],
-                         autograph=False)
+            @tf.function(
+                input_signature=[tf.TensorSpec([batch, h, w, 3], tf.uint8, name="images")],
+                autograph=False,
+            )
             def segment(images):
                 out = core(images)
                 return {k: out[k] for k in outputs}
@@ -372,15 +447,30 @@ class HMSAExportModule(tf.Module):
     def metadata(self):
         """What a deployment needs to know, written as ``hmsa_export.json`` (and embedded
         in the TFLite files): chain, classes, input contract, normalisation (in the graph)."""
-        return {"format": "hmsa_keras export", "format_version": FORMAT_VERSION,
-                "scales": list(self.scales), "flip": self.flip, "num_classes": self.num_classes,
-                "fusion": self.model.fusion, "class_names": self.class_names, "colors": self.colors,
-                "input": {"dtype": "uint8", "shape": "[batch, height, width, 3]", "channels": "RGB",
-                          "min_side": conventions.MIN_SIDE,
-                          "min_size_rule": "floor(side * scale) >= min_side for every side and scale"},
-                "normalization": {"inside_graph": True, "formula": "(pixel / 255 - mean) / std",
-                                  "mean": list(conventions.MEAN), "std": list(conventions.STD)},
-                "tensorflow": tf.__version__}
+        return {
+            "format": "hmsa_keras export",
+            "format_version": FORMAT_VERSION,
+            "scales": list(self.scales),
+            "flip": self.flip,
+            "num_classes": self.num_classes,
+            "fusion": self.model.fusion,
+            "class_names": self.class_names,
+            "colors": self.colors,
+            "input": {
+                "dtype": "uint8",
+                "shape": "[batch, height, width, 3]",
+                "channels": "RGB",
+                "min_side": conventions.MIN_SIDE,
+                "min_size_rule": "floor(side * scale) >= min_side for every side and scale",
+            },
+            "normalization": {
+                "inside_graph": True,
+                "formula": "(pixel / 255 - mean) / std",
+                "mean": list(conventions.MEAN),
+                "std": list(conventions.STD),
+            },
+            "tensorflow": tf.__version__,
+        }
 
 
 def as_float32(model):
@@ -390,7 +480,11 @@ def as_float32(model):
 
     from hmsa_keras.models import HMSA
 
-    dtypes = {layer.compute_dtype for layer in model.network._flatten_layers() if hasattr(layer, "compute_dtype")}
+    dtypes = {
+        layer.compute_dtype
+        for layer in model.network._flatten_layers()
+        if hasattr(layer, "compute_dtype")
+    }
     if dtypes <= {"float32"}:
         return model
     previous = keras.mixed_precision.global_policy()
@@ -420,8 +514,15 @@ def graph_ops(export_dir):
     return sorted(ops), int(graph.versions.producer)
 
 
-def export_saved_model(model, export_dir, scales=(0.5, 1.0, 2.0), flip=False, module=None,
-                       class_names=None, colors=None):
+def export_saved_model(
+    model,
+    export_dir,
+    scales=(0.5, 1.0, 2.0),
+    flip=False,
+    module=None,
+    class_names=None,
+    colors=None,
+):
     """Writes the SavedModel (see module docstring) of ``model`` (or of a ready ``module``)
     and its ``hmsa_export.json``; returns ``export_dir``."""
     module = module or HMSAExportModule(as_float32(model), scales, flip, class_names, colors)
@@ -436,16 +537,21 @@ def export_saved_model(model, export_dir, scales=(0.5, 1.0, 2.0), flip=False, mo
 
 def describe_signatures(module):
     """``{signature: {"inputs": {name: "dtype shape"}, "outputs": {...}}}``."""
+
     def spec(s):
-        dims = "?" if s.shape.rank is None else ",".join("?" if d is None else str(d) for d in s.shape)
+        dims = (
+            "?" if s.shape.rank is None else ",".join("?" if d is None else str(d) for d in s.shape)
+        )
         return f"{s.dtype.name} [{dims}]"
 
     out = {}
     for name, fn in sorted(module.signatures().items()):
         args, kwargs = fn.structured_input_signature
         inputs = {**{a.name: a for a in args}, **kwargs}
-        out[name] = {"inputs": {k: spec(v) for k, v in inputs.items()},
-                     "outputs": {k: spec(v) for k, v in fn.structured_outputs.items()}}
+        out[name] = {
+            "inputs": {k: spec(v) for k, v in inputs.items()},
+            "outputs": {k: spec(v) for k, v in fn.structured_outputs.items()},
+        }
     return out
 
 
@@ -472,8 +578,12 @@ def warmup_requests(module, size=(64, 64), name="hmsa", seed=0):
         if signature.startswith("serving_encoded"):
             requests.append((signature, {"image_bytes": png}))
         elif signature == "segment_with_scales":
-            requests.append((signature, {"images": image[None],
-                                         "scales": np.asarray(module.scales, np.float32)}))
+            requests.append(
+                (
+                    signature,
+                    {"images": image[None], "scales": np.asarray(module.scales, np.float32)},
+                )
+            )
         else:
             requests.append((signature, {"images": image[None]}))
     return requests
@@ -513,8 +623,18 @@ allowed_batch_sizes: 4
 """
 
 
-def export_serving(model, base_dir, name="hmsa", version=1, scales=(0.5, 1.0, 2.0), flip=False, module=None,
-                   class_names=None, colors=None, warmup_size=(64, 64)):
+def export_serving(
+    model,
+    base_dir,
+    name="hmsa",
+    version=1,
+    scales=(0.5, 1.0, 2.0),
+    flip=False,
+    module=None,
+    class_names=None,
+    colors=None,
+    warmup_size=(64, 64),
+):
     """The TF Serving layout: the SavedModel in ``<base_dir>/<name>/<version>/`` with its
     warm-up requests (``warmup_size`` = (h, w), None: no warm-up file), plus
     ``<base_dir>/models.config`` (a ``--model_config_file`` for this model) and
@@ -532,10 +652,12 @@ def export_serving(model, base_dir, name="hmsa", version=1, scales=(0.5, 1.0, 2.
         write_warmup_file(path, warmup_requests(module, warmup_size), model_name=name)
     base_path = os.path.abspath(os.path.join(base_dir, str(name)))
     with open(os.path.join(base_dir, "models.config"), "w") as f:
-        f.write(f"# tensorflow_model_server --model_config_file=models.config (written by hmsa-export;\n"
-                f"# base_path must be the absolute path the server sees, e.g. /models/{name} in Docker)\n"
-                f"model_config_list {{\n  config {{\n    name: \"{name}\"\n    base_path: \"{base_path}\"\n"
-                f"    model_platform: \"tensorflow\"\n  }}\n}}\n")
+        f.write(
+            f"# tensorflow_model_server --model_config_file=models.config (written by hmsa-export;\n"
+            f"# base_path must be the absolute path the server sees, e.g. /models/{name} in Docker)\n"
+            f'model_config_list {{\n  config {{\n    name: "{name}"\n    base_path: "{base_path}"\n'
+            f'    model_platform: "tensorflow"\n  }}\n}}\n'
+        )
     with open(os.path.join(base_dir, "batching_parameters.txt"), "w") as f:
         f.write(BATCHING_PARAMETERS)
     return path
@@ -545,11 +667,14 @@ def resolve_saved_model_dir(path):
     """The SavedModel directory ``path`` names: ``path`` itself (it holds ``saved_model.pb``),
     or the highest numbered version under a TF Serving model base path (``<dir>/<name>``, or
     ``<dir>`` holding one model folder). Raises FileNotFoundError saying what was looked for."""
+
     def versions(folder):
         found = []
         if os.path.isdir(folder):
             for entry in os.listdir(folder):
-                if entry.isdigit() and os.path.isfile(os.path.join(folder, entry, "saved_model.pb")):
+                if entry.isdigit() and os.path.isfile(
+                    os.path.join(folder, entry, "saved_model.pb")
+                ):
                     found.append(int(entry))
         return sorted(found)
 
@@ -564,7 +689,8 @@ def resolve_saved_model_dir(path):
             return os.path.join(path, models[0], str(versions(os.path.join(path, models[0]))[-1]))
     raise FileNotFoundError(
         f"{path!r} is not a SavedModel directory (no saved_model.pb), nor a TF Serving model folder with "
-        "numbered versions (<name>/<version>/saved_model.pb)")
+        "numbered versions (<name>/<version>/saved_model.pb)"
+    )
 
 
 # ------------------------------------------------------------------ reading
@@ -605,16 +731,22 @@ class SavedModelSegmenter:
             self.class_names = meta.get("class_names")
         self.module = tf.saved_model.load(path)
         if signature not in self.module.signatures:
-            raise ValueError(f"{path}: no signature {signature!r}; it has {sorted(self.module.signatures)}")
+            raise ValueError(
+                f"{path}: no signature {signature!r}; it has {sorted(self.module.signatures)}"
+            )
         self.fn = self.module.signatures[signature]
         inputs = self.fn.structured_input_signature[1]
         if len(inputs) != 1:
-            raise ValueError(f"{path}: signature {signature!r} takes {sorted(inputs)}; expected one image input")
+            raise ValueError(
+                f"{path}: signature {signature!r} takes {sorted(inputs)}; expected one image input"
+            )
         self.input_name = next(iter(inputs))
         self.input_dtype = inputs[self.input_name].dtype
         outputs = self.fn.structured_outputs
         if "classes" not in outputs and "probabilities" not in outputs:
-            raise ValueError(f"{path}: signature {signature!r} returns {sorted(outputs)}; expected 'classes'")
+            raise ValueError(
+                f"{path}: signature {signature!r} returns {sorted(outputs)}; expected 'classes'"
+            )
         self.num_classes = meta.get("num_classes") if meta else None
         probs = outputs.get("probabilities")
         if probs is not None and probs.shape.rank == 4 and probs.shape[-1] is not None:

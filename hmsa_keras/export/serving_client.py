@@ -60,8 +60,10 @@ def build_request(image, signature="serving_default", scales=None):
 def build_encoded_request(data, signature="serving_encoded_png"):
     """The JSON body for encoded image file(s) (``bytes`` or a list of them, one size)."""
     items = [data] if isinstance(data, (bytes, bytearray)) else list(data)
-    return {"signature_name": signature,
-            "instances": [{"b64": base64.b64encode(bytes(b)).decode("ascii")} for b in items]}
+    return {
+        "signature_name": signature,
+        "instances": [{"b64": base64.b64encode(bytes(b)).decode("ascii")} for b in items],
+    }
 
 
 def _unwrap(value):
@@ -138,12 +140,21 @@ def main(argv=None):
     parser.add_argument("image", nargs="?", help="image file to segment")
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8501, help="TF Serving REST port")
-    parser.add_argument("--model", default="hmsa", help="--model_name given to tensorflow_model_server")
-    parser.add_argument("--signature", default="serving_encoded_png",
-                        choices=list(ENCODED_SIGNATURES + TENSOR_SIGNATURES))
-    parser.add_argument("--scales", help="comma-separated chain for segment_with_scales, e.g. 0.5,1.0,2.0")
+    parser.add_argument(
+        "--model", default="hmsa", help="--model_name given to tensorflow_model_server"
+    )
+    parser.add_argument(
+        "--signature",
+        default="serving_encoded_png",
+        choices=list(ENCODED_SIGNATURES + TENSOR_SIGNATURES),
+    )
+    parser.add_argument(
+        "--scales", help="comma-separated chain for segment_with_scales, e.g. 0.5,1.0,2.0"
+    )
     parser.add_argument("--out", help="write the class map here (PNG)")
-    parser.add_argument("--colors", help="labels.json written by hmsa-export, to colour the class map")
+    parser.add_argument(
+        "--colors", help="labels.json written by hmsa-export, to colour the class map"
+    )
     parser.add_argument("--status", action="store_true", help="print the model status and exit")
     args = parser.parse_args(argv)
 
@@ -156,14 +167,20 @@ def main(argv=None):
         parser.error("give an image (or --status)")
     scales = [float(s) for s in args.scales.split(",")] if args.scales else None
     if args.signature in ENCODED_SIGNATURES and scales is None:
-        outputs, sent, received = post(base + ":predict",
-                                       build_encoded_request(image_io.image_bytes(args.image), args.signature))
+        outputs, sent, received = post(
+            base + ":predict",
+            build_encoded_request(image_io.image_bytes(args.image), args.signature),
+        )
     else:
-        outputs, sent, received = post(base + ":predict",
-                                       build_request(image_io.read_image(args.image), args.signature, scales))
+        outputs, sent, received = post(
+            base + ":predict",
+            build_request(image_io.read_image(args.image), args.signature, scales),
+        )
     classes = classes_of(outputs)
-    print(f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, classes {np.unique(classes).tolist()}; "
-          f"request {sent / 1e6:.2f} MB, response {received / 1e6:.2f} MB")
+    print(
+        f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, classes {np.unique(classes).tolist()}; "
+        f"request {sent / 1e6:.2f} MB, response {received / 1e6:.2f} MB"
+    )
     if args.out:
         from PIL import Image
 

@@ -52,7 +52,7 @@ class Backend:
     def _fn(self, signature):
         signature = signature or "serving_default"
         if signature not in self.loaded.signatures:
-            raise ValueError(f"Serving signature name: \"{signature}\" not found in signature def")
+            raise ValueError(f'Serving signature name: "{signature}" not found in signature def')
         return self.loaded.signatures[signature]
 
     def predict(self, signature, inputs):
@@ -68,8 +68,12 @@ class Backend:
             if k not in dtypes:
                 raise ValueError(f"signature {signature!r} has no input {k!r}")
             if dtypes[k] == tf.string:
-                feed[k] = tf.constant(np.asarray(v, object).astype(bytes) if np.asarray(v).size else
-                                      np.zeros(np.asarray(v).shape, bytes), tf.string)
+                feed[k] = tf.constant(
+                    np.asarray(v, object).astype(bytes)
+                    if np.asarray(v).size
+                    else np.zeros(np.asarray(v).shape, bytes),
+                    tf.string,
+                )
             else:
                 feed[k] = tf.constant(np.asarray(v).astype(dtypes[k].as_numpy_dtype))
         try:
@@ -88,22 +92,31 @@ class Backend:
 def _json_values(name, array):
     if array.dtype == object or array.dtype.kind == "S":
         if name.endswith("_bytes"):
-            return np.vectorize(lambda b: {"b64": base64.b64encode(b).decode()}, otypes=[object])(array).tolist() \
-                if array.size else array.tolist()
+            return (
+                np.vectorize(lambda b: {"b64": base64.b64encode(b).decode()}, otypes=[object])(
+                    array
+                ).tolist()
+                if array.size
+                else array.tolist()
+            )
         return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array).tolist()
     return array.tolist()
 
 
 def _from_json(value, dtype, tf):
     if dtype == tf.string:
+
         def unwrap(v):
             if isinstance(v, list):
                 return [unwrap(x) for x in v]
             if isinstance(v, dict):
                 if set(v) != {"b64"}:
-                    raise ValueError(f"JSON Value: {json.dumps(v)[:80]} not formatted correctly for base64 data")
+                    raise ValueError(
+                        f"JSON Value: {json.dumps(v)[:80]} not formatted correctly for base64 data"
+                    )
                 return base64.b64decode(v["b64"])
             return v.encode()
+
         return np.array(unwrap(value), dtype=object)
     return np.asarray(value, dtype=dtype.as_numpy_dtype)
 
@@ -128,8 +141,18 @@ class _Handler(BaseHTTPRequestHandler):
         if not m or m["name"] != self.backend.name or m["verb"]:
             return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
         version = self.backend.path.rstrip("/").split("/")[-1]
-        self._reply(200, {"model_version_status": [{"version": version, "state": "AVAILABLE",
-                                                    "status": {"error_code": "OK", "error_message": ""}}]})
+        self._reply(
+            200,
+            {
+                "model_version_status": [
+                    {
+                        "version": version,
+                        "state": "AVAILABLE",
+                        "status": {"error_code": "OK", "error_message": ""},
+                    }
+                ]
+            },
+        )
 
     def do_POST(self):
         tf = self.backend.tf
@@ -141,17 +164,25 @@ class _Handler(BaseHTTPRequestHandler):
             signature = body.get("signature_name", "serving_default")
             dtypes = self.backend.input_dtypes(signature)
             if ("inputs" in body) == ("instances" in body):
-                raise ValueError("Missing 'inputs' or 'instances' key" if "inputs" not in body else
-                                 "expecting only one of 'inputs' or 'instances'")
+                raise ValueError(
+                    "Missing 'inputs' or 'instances' key"
+                    if "inputs" not in body
+                    else "expecting only one of 'inputs' or 'instances'"
+                )
             row = "instances" in body
             if row:
                 instances = body["instances"]
-                named = isinstance(instances[0], dict) and set(instances[0]) != {"b64"}  # b64: a value
+                named = isinstance(instances[0], dict) and set(instances[0]) != {
+                    "b64"
+                }  # b64: a value
                 if len(dtypes) == 1 and not named:
                     name = next(iter(dtypes))
                     inputs = {name: _from_json(instances, dtypes[name], tf)}
                 else:
-                    inputs = {k: _from_json([inst[k] for inst in instances], dtypes[k], tf) for k in dtypes}
+                    inputs = {
+                        k: _from_json([inst[k] for inst in instances], dtypes[k], tf)
+                        for k in dtypes
+                    }
             else:
                 given = body["inputs"]
                 if not isinstance(given, dict):
@@ -163,18 +194,26 @@ class _Handler(BaseHTTPRequestHandler):
         values = {k: _json_values(k, v) for k, v in outputs.items()}
         if row:
             n = len(next(iter(values.values())))
-            preds = [({k: v[i] for k, v in values.items()} if len(values) > 1 else next(iter(values.values()))[i])
-                     for i in range(n)]
+            preds = [
+                (
+                    {k: v[i] for k, v in values.items()}
+                    if len(values) > 1
+                    else next(iter(values.values()))[i]
+                )
+                for i in range(n)
+            ]
             return self._reply(200, {"predictions": preds})
-        return self._reply(200, {"outputs": values if len(values) > 1 else next(iter(values.values()))})
+        return self._reply(
+            200, {"outputs": values if len(values) > 1 else next(iter(values.values()))}
+        )
 
 
 class ServingEmulator:
     """REST and gRPC endpoints for one SavedModel on 127.0.0.1 (ephemeral ports)::
 
-        with ServingEmulator("exported/hmsa", name="hmsa") as server:
-            server.rest_url   # http://127.0.0.1:<port>/v1/models/hmsa
-            server.grpc_target  # 127.0.0.1:<port>
+    with ServingEmulator("exported/hmsa", name="hmsa") as server:
+        server.rest_url   # http://127.0.0.1:<port>/v1/models/hmsa
+        server.grpc_target  # 127.0.0.1:<port>
     """
 
     def __init__(self, path, name="hmsa", grpc=True, rest=True):
@@ -201,18 +240,27 @@ class ServingEmulator:
             try:
                 model, signature, inputs = W.decode_predict_request(request)
                 if model != backend.name:
-                    context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model})")
+                    context.abort(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"Servable not found for request: Latest({model})",
+                    )
                 outputs = backend.predict(signature, inputs)
             except ValueError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return W.encode_predict_response(outputs, backend.name, signature)
 
         handler = grpc.method_handlers_generic_handler(
-            "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(predict)})
+            "tensorflow.serving.PredictionService",
+            {"Predict": grpc.unary_unary_rpc_method_handler(predict)},
+        )
         limit = 512 * 1024 * 1024
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
-                             options=[("grpc.max_send_message_length", limit),
-                                      ("grpc.max_receive_message_length", limit)])
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2),
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
+        )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
@@ -261,6 +309,7 @@ def measure(path, image, rounds=5, name="hmsa"):
             def call():
                 _, sent, received = REST.post(url, body)
                 return sent, received
+
             return call
 
         def grpc_call(signature, inputs):
@@ -269,16 +318,27 @@ def measure(path, image, rounds=5, name="hmsa"):
                 response = client._predict(request, timeout=600)
                 W.decode_predict_response(response)
                 return len(request), len(response)
+
             return call
 
         cases = {
-            ("direct (no transport)", "serving_default"): lambda: (direct(images=x)["classes"].numpy(), (0, 0))[1],
+            ("direct (no transport)", "serving_default"): lambda: (
+                direct(images=x)["classes"].numpy(),
+                (0, 0),
+            )[1],
             ("REST uint8 JSON", "serving_default"): rest(REST.build_request(image)),
-            ("REST b64 PNG", "serving_encoded"): rest(REST.build_encoded_request(png, "serving_encoded")),
-            ("REST b64 PNG", "serving_encoded_png"): rest(REST.build_encoded_request(png, "serving_encoded_png")),
-            ("gRPC uint8 tensor", "serving_default"): grpc_call("serving_default", {"images": image[None]}),
-            ("gRPC PNG bytes", "serving_encoded_png"):
-                grpc_call("serving_encoded_png", {"image_bytes": np.array([png], dtype=object)}),
+            ("REST b64 PNG", "serving_encoded"): rest(
+                REST.build_encoded_request(png, "serving_encoded")
+            ),
+            ("REST b64 PNG", "serving_encoded_png"): rest(
+                REST.build_encoded_request(png, "serving_encoded_png")
+            ),
+            ("gRPC uint8 tensor", "serving_default"): grpc_call(
+                "serving_default", {"images": image[None]}
+            ),
+            ("gRPC PNG bytes", "serving_encoded_png"): grpc_call(
+                "serving_encoded_png", {"image_bytes": np.array([png], dtype=object)}
+            ),
         }
         times = {k: [] for k in cases}
         for key, call in cases.items():  # warm-up, and the sizes
@@ -293,9 +353,17 @@ def measure(path, image, rounds=5, name="hmsa"):
     rows = []
     for (transport, signature), t in times.items():
         median = statistics.median(t)
-        rows.append({"transport": transport, "signature": signature, "request_bytes": sizes[(transport, signature)][0],
-                     "response_bytes": sizes[(transport, signature)][1], "median_s": median,
-                     "overhead_s": median - base, "png_bytes": len(png)})
+        rows.append(
+            {
+                "transport": transport,
+                "signature": signature,
+                "request_bytes": sizes[(transport, signature)][0],
+                "response_bytes": sizes[(transport, signature)][1],
+                "median_s": median,
+                "overhead_s": median - base,
+                "png_bytes": len(png),
+            }
+        )
     return rows
 
 
@@ -309,19 +377,29 @@ def main(argv=None):
     from hmsa_keras.export.report import sample_images
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--saved_model", required=True, help="SavedModel or TF Serving model folder")
+    parser.add_argument(
+        "--saved_model", required=True, help="SavedModel or TF Serving model folder"
+    )
     parser.add_argument("--size", default="512x1024")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     size = parse_hw(args.size, "--size")
-    image = sample_images(DataConfig(synthetic_image_size=size, synthetic_val_size=1), "val", 1, training=False)[0]
+    image = sample_images(
+        DataConfig(synthetic_image_size=size, synthetic_val_size=1), "val", 1, training=False
+    )[0]
     rows = measure(args.saved_model, image, rounds=args.rounds)
-    print(f"{'transport':<24} {'signature':<20} {'request':>10} {'response':>10} {'median':>9} {'overhead':>9}")
+    print(
+        f"{'transport':<24} {'signature':<20} {'request':>10} {'response':>10} {'median':>9} {'overhead':>9}"
+    )
     for r in rows:
-        print(f"{r['transport']:<24} {r['signature']:<20} {r['request_bytes'] / 1e6:>8.2f}MB "
-              f"{r['response_bytes'] / 1e6:>8.2f}MB {1000 * r['median_s']:>7.0f}ms {1000 * r['overhead_s']:>7.0f}ms")
-    print(f"(image {size[0]}x{size[1]}, PNG {rows[0]['png_bytes'] / 1e6:.2f} MB; {args.rounds} interleaved rounds, "
-          "medians; loopback, TensorFlow's loader behind the emulator)")
+        print(
+            f"{r['transport']:<24} {r['signature']:<20} {r['request_bytes'] / 1e6:>8.2f}MB "
+            f"{r['response_bytes'] / 1e6:>8.2f}MB {1000 * r['median_s']:>7.0f}ms {1000 * r['overhead_s']:>7.0f}ms"
+        )
+    print(
+        f"(image {size[0]}x{size[1]}, PNG {rows[0]['png_bytes'] / 1e6:.2f} MB; {args.rounds} interleaved rounds, "
+        "medians; loopback, TensorFlow's loader behind the emulator)"
+    )
     return 0
 
 

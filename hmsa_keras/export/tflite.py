@@ -48,8 +48,16 @@ OUTPUT_SETS = {"classes_probabilities": ("classes", "probabilities"), "classes":
 METADATA_NAME = "hmsa_metadata"
 
 
-def convert(module, variant, fixed_size=None, representative_images=None, outputs=("classes", "probabilities"),
-            float_ops=(), float_nodes=(), float_shape_math=True):
+def convert(
+    module,
+    variant,
+    fixed_size=None,
+    representative_images=None,
+    outputs=("classes", "probabilities"),
+    float_ops=(),
+    float_nodes=(),
+    float_shape_math=True,
+):
     """Returns the ``.tflite`` flatbuffer (bytes) of ``module`` for ``variant``.
 
     ``representative_images``: iterable of uint8 ``[H, W, 3]`` arrays, required for
@@ -68,7 +76,8 @@ def convert(module, variant, fixed_size=None, representative_images=None, output
         raise ValueError(f"float_ops/float_nodes apply to full_int8 only, not {variant!r}")
     if variant == "full_int8":
         return Int8Quantizer(module, representative_images, fixed_size, outputs).quantize(
-            float_ops, float_nodes, float_shape_math)
+            float_ops, float_nodes, float_shape_math
+        )
     return make_converter(module, variant, fixed_size, representative_images, outputs).convert()
 
 
@@ -84,7 +93,9 @@ class Int8Quantizer:
     quantizer's log names them correctly.
     """
 
-    def __init__(self, module, representative_images, fixed_size=None, outputs=("classes", "probabilities")):
+    def __init__(
+        self, module, representative_images, fixed_size=None, outputs=("classes", "probabilities")
+    ):
         converter = make_converter(module, "full_int8", fixed_size, representative_images, outputs)
         converter.experimental_new_quantizer = True
         converter._experimental_calibrate_only = True
@@ -96,16 +107,26 @@ class Int8Quantizer:
         from tensorflow.lite.python import convert as tfl_convert
 
         def run(nodes):
-            return bytes(tfl_convert.mlir_quantize(
-                self.calibrated, self.disable_per_channel, input_data_type=tf.uint8, output_data_type=tf.float32,
-                denylisted_ops=list(float_ops) or None, denylisted_nodes=list(nodes) or None))
+            return bytes(
+                tfl_convert.mlir_quantize(
+                    self.calibrated,
+                    self.disable_per_channel,
+                    input_data_type=tf.uint8,
+                    output_data_type=tf.float32,
+                    denylisted_ops=list(float_ops) or None,
+                    denylisted_nodes=list(nodes) or None,
+                )
+            )
 
         nodes = tuple(float_nodes)
         content = run(nodes)
         if float_shape_math:
             shape_nodes = tuple(n for n in shape_math_nodes(content) if n not in nodes)
             if shape_nodes:
-                log.info("full_int8: keeping the image-size arithmetic in float (%s)", ", ".join(shape_nodes))
+                log.info(
+                    "full_int8: keeping the image-size arithmetic in float (%s)",
+                    ", ".join(shape_nodes),
+                )
                 content = run(nodes + shape_nodes)
         return content
 
@@ -130,11 +151,18 @@ def shape_math_nodes(model_content):
     return sorted(set(names))
 
 
-def make_converter(module, variant, fixed_size=None, representative_images=None,
-                   outputs=("classes", "probabilities")):
+def make_converter(
+    module,
+    variant,
+    fixed_size=None,
+    representative_images=None,
+    outputs=("classes", "probabilities"),
+):
     """The configured ``TFLiteConverter`` for ``variant`` (see :func:`convert`)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(
-        module.tflite_saved_model(fixed_size, outputs=tuple(outputs)), signature_keys=["serving_default"])
+        module.tflite_saved_model(fixed_size, outputs=tuple(outputs)),
+        signature_keys=["serving_default"],
+    )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -154,8 +182,10 @@ def resize_uint8(image, size):
     """uint8 ``[H, W, 3]`` -> uint8 ``[h, w, 3]`` (TensorFlow bilinear, rounded)."""
     if tuple(image.shape[:2]) == tuple(size):
         return image
-    return tf.cast(tf.round(tf.clip_by_value(
-        tf.image.resize(tf.cast(image, tf.float32), size), 0, 255)), tf.uint8).numpy()
+    return tf.cast(
+        tf.round(tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), size), 0, 255)),
+        tf.uint8,
+    ).numpy()
 
 
 def _representative(images, fixed_size):
@@ -245,7 +275,7 @@ def read_metadata(model, name=METADATA_NAME):
 def sidecar_path(path):
     """``hmsa_float32.tflite`` -> ``hmsa_float32.metadata.json``."""
     path = os.fspath(path)
-    return (path[:-len(".tflite")] if path.endswith(".tflite") else path) + ".metadata.json"
+    return (path[: -len(".tflite")] if path.endswith(".tflite") else path) + ".metadata.json"
 
 
 def io_summary(model_content):
@@ -257,9 +287,11 @@ def io_summary(model_content):
 
     def describe(d):
         q = d.get("quantization", (0.0, 0))
-        return {"dtype": np.dtype(d["dtype"]).name,
-                "shape": [int(x) for x in d.get("shape_signature", d["shape"])],
-                "quantization": {"scale": float(q[0]), "zero_point": int(q[1])} if q and q[0] else None}
+        return {
+            "dtype": np.dtype(d["dtype"]).name,
+            "shape": [int(x) for x in d.get("shape_signature", d["shape"])],
+            "quantization": {"scale": float(q[0]), "zero_point": int(q[1])} if q and q[0] else None,
+        }
 
     runner = interpreter.get_signature_runner()
     inputs = {k: describe(v) for k, v in runner.get_input_details().items()}
@@ -270,8 +302,13 @@ def io_summary(model_content):
 def file_metadata(module, variant, content, fixed_size=None, float_ops=(), calibration=None):
     """The metadata of one ``.tflite`` file: the module's plus variant and interface."""
     meta = dict(module.metadata())
-    meta.update(variant=variant, fixed_size=list(fixed_size) if fixed_size else None,
-                float_ops=list(float_ops), calibration=calibration, **io_summary(content))
+    meta.update(
+        variant=variant,
+        fixed_size=list(fixed_size) if fixed_size else None,
+        float_ops=list(float_ops),
+        calibration=calibration,
+        **io_summary(content),
+    )
     return meta
 
 
@@ -329,6 +366,18 @@ class TFLiteSegmenter:
         return {"classes": classes}
 
 
-__all__ = ["Int8Quantizer", "OUTPUT_SETS", "TFLiteSegmenter", "VARIANTS", "convert", "embed_metadata", "io_summary",
-           "make_converter", "non_builtin_ops", "operator_codes", "read_metadata",
-           "sidecar_path", "write_tflite"]
+__all__ = [
+    "Int8Quantizer",
+    "OUTPUT_SETS",
+    "TFLiteSegmenter",
+    "VARIANTS",
+    "convert",
+    "embed_metadata",
+    "io_summary",
+    "make_converter",
+    "non_builtin_ops",
+    "operator_codes",
+    "read_metadata",
+    "sidecar_path",
+    "write_tflite",
+]

@@ -31,10 +31,15 @@ class AtrousConv2D(keras.layers.Conv2D):
     under TensorFlow (see module docstring)."""
 
     def convolution_op(self, inputs, kernel):
-        if (keras.backend.backend() != "tensorflow" or max(self.dilation_rate) == 1
-                or tuple(self.strides) != (1, 1) or self.padding != "same"
-                or self.data_format != "channels_last" or self.groups != 1
-                or any(k % 2 == 0 for k in self.kernel_size)):
+        if (
+            keras.backend.backend() != "tensorflow"
+            or max(self.dilation_rate) == 1
+            or tuple(self.strides) != (1, 1)
+            or self.padding != "same"
+            or self.data_format != "channels_last"
+            or self.groups != 1
+            or any(k % 2 == 0 for k in self.kernel_size)
+        ):
             return super().convolution_op(inputs, kernel)
         from hmsa_keras.models import tf_ops
 

@@ -44,8 +44,9 @@ def resize(x, size):
     if t is not None:
         return t.resize(x, size)
     size = tuple(int(s) for s in size)
-    out = ops.image.resize(x, size, interpolation="bilinear", antialias=False,
-                           data_format="channels_last")
+    out = ops.image.resize(
+        x, size, interpolation="bilinear", antialias=False, data_format="channels_last"
+    )
     return ops.cast(out, x.dtype)
 
 
@@ -117,7 +118,9 @@ def explicit(outputs, size):
     logits at ``size``."""
     scales = sorted(outputs)
     logits = ops.stack([resize(outputs[s][0], size) for s in scales], axis=0)
-    weights = ops.softmax(ops.stack([_score(resize(outputs[s][1], size)) for s in scales], axis=0), axis=0)
+    weights = ops.softmax(
+        ops.stack([_score(resize(outputs[s][1], size)) for s in scales], axis=0), axis=0
+    )
     return ops.sum(weights * logits, axis=0)
 
 

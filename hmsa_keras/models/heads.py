@@ -46,13 +46,19 @@ class LayerFactory:
 
     def bn(self, name):
         return keras.layers.BatchNormalization(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn,
-            name=name)
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name
+        )
 
     def conv_bn_relu(self, x, filters, kernel_size, name, dilation_rate=1):
         conv = AtrousConv2D if dilation_rate > 1 else keras.layers.Conv2D
-        x = conv(filters, kernel_size, padding="same", dilation_rate=dilation_rate,
-                 use_bias=False, name=f"{name}_conv")(x)
+        x = conv(
+            filters,
+            kernel_size,
+            padding="same",
+            dilation_rate=dilation_rate,
+            use_bias=False,
+            name=f"{name}_conv",
+        )(x)
         x = self.bn(f"{name}_bn")(x)
         return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -93,8 +99,14 @@ def deconv_attention_head(x, layers: LayerFactory, reference, prefix="attn"):
     ``reference`` (the decoder features) so it lines up with the segmentation logits.
     """
     for i, (filters, kernel, stride) in enumerate(((512, 6, 2), (256, 6, 2), (64, 6, 2))):
-        x = keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding="same",
-                                         use_bias=False, name=f"{prefix}_deconv{i + 1}")(x)
+        x = keras.layers.Conv2DTranspose(
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            use_bias=False,
+            name=f"{prefix}_deconv{i + 1}",
+        )(x)
         x = layers.bn(f"{prefix}_deconv{i + 1}_bn")(x)
         x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"{prefix}_deconv{i + 1}_lrelu")(x)
     x = keras.layers.Conv2DTranspose(1, 5, strides=1, padding="same", name=f"{prefix}_out")(x)

@@ -125,33 +125,75 @@ class HMSA(keras.Model):
         what is allowed); a trunk weights file that is missing or does not fit.
     """
 
-    def __init__(self, num_classes, trunk="mobilenetv2", alpha=1.0, output_stride=16, weights=None,
-                 bn_momentum=0.9, sync_bn=False, aspp_channels=256, decoder_channels=256,
-                 low_level_channels=48, attention_head="conv", attention_channels=256,
-                 aux_head=False, dropout=0.0, fusion="hierarchical", train_scales=(0.5, 1.0),
-                 head=None, hrnet_width=48, ocr_mid_channels=512, ocr_key_channels=256,
-                 ocr_dropout=0.05, attention_bn="all_scales", **kwargs):
+    def __init__(
+        self,
+        num_classes,
+        trunk="mobilenetv2",
+        alpha=1.0,
+        output_stride=16,
+        weights=None,
+        bn_momentum=0.9,
+        sync_bn=False,
+        aspp_channels=256,
+        decoder_channels=256,
+        low_level_channels=48,
+        attention_head="conv",
+        attention_channels=256,
+        aux_head=False,
+        dropout=0.0,
+        fusion="hierarchical",
+        train_scales=(0.5, 1.0),
+        head=None,
+        hrnet_width=48,
+        ocr_mid_channels=512,
+        ocr_key_channels=256,
+        ocr_dropout=0.05,
+        attention_bn="all_scales",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if attention_bn not in ATTENTION_BN:
             raise ValueError(f"attention_bn must be one of {ATTENTION_BN}, got {attention_bn!r}")
         if isinstance(num_classes, int) and num_classes > IGNORE_LABEL:
-            raise ValueError(f"num_classes must be at most {IGNORE_LABEL} (the ignore label "
-                             f"must lie outside [0, num_classes)), got {num_classes}")
+            raise ValueError(
+                f"num_classes must be at most {IGNORE_LABEL} (the ignore label "
+                f"must lie outside [0, num_classes)), got {num_classes}"
+            )
         self.network_config = dict(
-            num_classes=num_classes, trunk=trunk, alpha=alpha, output_stride=output_stride,
-            weights=weights, bn_momentum=bn_momentum, sync_bn=sync_bn, aspp_channels=aspp_channels,
-            decoder_channels=decoder_channels, low_level_channels=low_level_channels,
-            attention_head=attention_head, attention_channels=attention_channels,
-            aux_head=aux_head, dropout=dropout)
+            num_classes=num_classes,
+            trunk=trunk,
+            alpha=alpha,
+            output_stride=output_stride,
+            weights=weights,
+            bn_momentum=bn_momentum,
+            sync_bn=sync_bn,
+            aspp_channels=aspp_channels,
+            decoder_channels=decoder_channels,
+            low_level_channels=low_level_channels,
+            attention_head=attention_head,
+            attention_channels=attention_channels,
+            aux_head=aux_head,
+            dropout=dropout,
+        )
         head = resolve_head(trunk, head)
-        self.network_config.update(dict(head=head, hrnet_width=hrnet_width, ocr_mid_channels=ocr_mid_channels,
-                                        ocr_key_channels=ocr_key_channels, ocr_dropout=ocr_dropout))
-        if head == "ocr":  # OCR's soft object regions are its auxiliary output (reference ocrnet.py)
+        self.network_config.update(
+            dict(
+                head=head,
+                hrnet_width=hrnet_width,
+                ocr_mid_channels=ocr_mid_channels,
+                ocr_key_channels=ocr_key_channels,
+                ocr_dropout=ocr_dropout,
+            )
+        )
+        if (
+            head == "ocr"
+        ):  # OCR's soft object regions are its auxiliary output (reference ocrnet.py)
             self.network_config["aux_head"] = True
-        self.train_scales = ((1.0,) if fusion == "single"
-                             else parse_scales(train_scales, "train_scales"))
+        self.train_scales = (
+            (1.0,) if fusion == "single" else parse_scales(train_scales, "train_scales")
+        )
         self.network = build_segmenter(**self.network_config)
         self.num_classes = num_classes
         self.fusion = fusion
@@ -196,8 +238,12 @@ class HMSA(keras.Model):
         cached = self.__dict__.get("_without_attention")
         if cached is None or cached[0] is not self.network:
             outputs = {k: v for k, v in self.network.output.items() if k != "attention"}
-            view = keras.Model(self.network.input, outputs, name="segmenter_without_attention",
-                               dtype=self.network.dtype_policy)
+            view = keras.Model(
+                self.network.input,
+                outputs,
+                name="segmenter_without_attention",
+                dtype=self.network.dtype_policy,
+            )
             # object.__setattr__ bypasses Keras' tracking: the view adds no weights
             object.__setattr__(self, "_without_attention", (self.network, view))
         return self.__dict__["_without_attention"][1]
@@ -215,8 +261,9 @@ class HMSA(keras.Model):
         - ``scale_logits``: ``{"0.5": [B, h, w, K], "1": ...}`` each train scale's logits at
           that scale's size (keys ``f"{scale:g}"``).
         """
-        outputs = self.run_scales(images, self.train_scales, training,
-                                  self._attention_run_scales(training))
+        outputs = self.run_scales(
+            images, self.train_scales, training, self._attention_run_scales(training)
+        )
         size = F.spatial_size(images)
         result = {"logits": self._fuse(outputs, size)}
         if self.network_config["aux_head"]:
@@ -246,16 +293,21 @@ class HMSA(keras.Model):
             too small at some scale (:func:`check_images`).
         """
         if isinstance(chains, (str, int, float)) or not len(chains):
-            raise ValueError(f"chains: expected a list of scale chains, e.g. [(1.0,), (0.5, 1.0)], "
-                             f"got {chains!r}")
+            raise ValueError(
+                f"chains: expected a list of scale chains, e.g. [(1.0,), (0.5, 1.0)], "
+                f"got {chains!r}"
+            )
         chains = [parse_scales(c, "scales") for c in chains]
         fusion = fusion or self.fusion
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         images = ops.convert_to_tensor(images)
         union = tuple(sorted({s for c in chains for s in c}))
-        attention = None if return_details else tuple(
-            sorted({s for c in chains for s in F.attention_scales(fusion, c)}))
+        attention = (
+            None
+            if return_details
+            else tuple(sorted({s for c in chains for s in F.attention_scales(fusion, c)}))
+        )
         size = F.spatial_size(images)
         outputs = self.run_scales(images, union, attention=attention)
         mirrored = None
@@ -268,21 +320,28 @@ class HMSA(keras.Model):
             if return_details:
                 for s in chain:
                     if s not in resized:
-                        resized[s] = (F.resize(outputs[s][0], size),
-                                      F.resize(outputs[s][1], size))
+                        resized[s] = (F.resize(outputs[s][0], size), F.resize(outputs[s][1], size))
                 result["scale_logits"] = {s: resized[s][0] for s in chain}
                 result["attention"] = {s: resized[s][1] for s in chain}
             results.append(result)
         return results
 
-    def segment(self, images, scales=(0.5, 1.0, 2.0), flip=False, fusion=None,
-                return_details=False):
+    def segment(
+        self, images, scales=(0.5, 1.0, 2.0), flip=False, fusion=None, return_details=False
+    ):
         """Inference with one scale chain: ``segment_chains(images, [scales], ...)[0]``."""
         return self.segment_chains(images, [scales], flip, fusion, return_details)[0]
 
     # ------------------------------------------------------------------ loss
-    def compile(self, optimizer="sgd", loss="ce", aux_weight=0.4, scale_loss_weight=0.05,
-                class_weights=None, **kwargs):
+    def compile(
+        self,
+        optimizer="sgd",
+        loss="ce",
+        aux_weight=0.4,
+        scale_loss_weight=0.05,
+        class_weights=None,
+        **kwargs,
+    ):
         """Sets the optimizer and the loss.
 
         Args:
@@ -375,8 +434,10 @@ class HMSA(keras.Model):
         the mIoU metric. ``sample_weight`` is not supported (ValueError)."""
         del x
         if sample_weight is not None:
-            raise ValueError("HMSA.compute_loss: sample_weight is not supported; weight classes "
-                             "with compile(class_weights=...)")
+            raise ValueError(
+                "HMSA.compute_loss: sample_weight is not supported; weight classes "
+                "with compile(class_weights=...)"
+            )
         means = {n: local_mean(t) for n, t in self.loss_terms(y, y_pred).items()}
         total = self.total_loss(means)
         self.update_loss_trackers(total, means)
@@ -411,8 +472,9 @@ class HMSA(keras.Model):
         """Freezes the named parts (``trunk``, ``seg_head``, ``attention``); others train."""
         unknown = set(groups) - set(FREEZE_GROUPS)
         if unknown:
-            raise ValueError(f"Unknown freeze group(s) {sorted(unknown)}; "
-                             f"allowed: {sorted(FREEZE_GROUPS)}")
+            raise ValueError(
+                f"Unknown freeze group(s) {sorted(unknown)}; allowed: {sorted(FREEZE_GROUPS)}"
+            )
         prefixes = tuple(p for g in groups for p in FREEZE_GROUPS[g])
         for layer in self.network.layers:
             if layer.weights:
@@ -424,8 +486,12 @@ class HMSA(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(self.network_config, fusion=self.fusion, train_scales=list(self.train_scales),
-                      attention_bn=self.attention_bn)
+        config.update(
+            self.network_config,
+            fusion=self.fusion,
+            train_scales=list(self.train_scales),
+            attention_bn=self.attention_bn,
+        )
         return config
 
     @classmethod

@@ -26,8 +26,10 @@ def resolve_head(trunk, head=None):
         raise ValueError(f"head must be one of {HEADS} (or None for the trunk's own), got {head!r}")
     resolved = head or ("ocr" if trunk == "hrnetv2_w48" else "deeplabv3plus")
     if (resolved == "ocr") != (trunk == "hrnetv2_w48"):
-        raise ValueError(f"head {resolved!r} does not run on trunk {trunk!r}: the OCR head runs on "
-                         "hrnetv2_w48, DeepLabV3+ on mobilenetv2/resnet50/resnet101")
+        raise ValueError(
+            f"head {resolved!r} does not run on trunk {trunk!r}: the OCR head runs on "
+            "hrnetv2_w48, DeepLabV3+ on mobilenetv2/resnet50/resnet101"
+        )
     return resolved
 
 
@@ -61,9 +63,16 @@ def build_segmenter(
         from hmsa_keras.models.ocr import build_ocr_segmenter
 
         return build_ocr_segmenter(
-            num_classes, trunk, hrnet_width=hrnet_width, bn_momentum=bn_momentum, sync_bn=sync_bn,
-            ocr_mid_channels=ocr_mid_channels, ocr_key_channels=ocr_key_channels,
-            ocr_dropout=ocr_dropout, attention_channels=attention_channels)
+            num_classes,
+            trunk,
+            hrnet_width=hrnet_width,
+            bn_momentum=bn_momentum,
+            sync_bn=sync_bn,
+            ocr_mid_channels=ocr_mid_channels,
+            ocr_key_channels=ocr_key_channels,
+            ocr_dropout=ocr_dropout,
+            attention_channels=attention_channels,
+        )
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if attention_head not in ATTENTION_HEADS:
@@ -76,8 +85,11 @@ def build_segmenter(
     x = heads.aspp(features, layers, output_stride, aspp_channels, dropout)
     decoded = heads.decoder(x, low_level, layers, low_level_channels)
 
-    outputs = {"logits": heads.to_input_size(
-        heads.conv_head(decoded, layers, num_classes, "seg", decoder_channels), image, "logits")}
+    outputs = {
+        "logits": heads.to_input_size(
+            heads.conv_head(decoded, layers, num_classes, "seg", decoder_channels), image, "logits"
+        )
+    }
     if attention_head == "conv":
         attn = heads.conv_head(decoded, layers, 1, "attn", attention_channels)
     else:
@@ -85,5 +97,6 @@ def build_segmenter(
     outputs["attention"] = heads.attention_to_input_size(attn, image)
     if aux_head:
         outputs["aux_logits"] = heads.to_input_size(
-            heads.aux_head(features, layers, num_classes), image, "aux_logits")
+            heads.aux_head(features, layers, num_classes), image, "aux_logits"
+        )
     return keras.Model(image, outputs, name="segmenter")

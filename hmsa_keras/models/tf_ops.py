@@ -72,11 +72,20 @@ def native_dilation(dtype=tf.float32) -> bool:
         with tf.init_scope():
             try:
                 ones = tf.ones([1, 5, 5, 1], dtype)
-                tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 5, 5, 1], filter=tf.ones([3, 3, 1, 1], dtype),
-                                               out_backprop=ones, strides=[1, 1, 1, 1], padding="SAME",
-                                               dilations=[1, 2, 2, 1])
+                tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=[1, 5, 5, 1],
+                    filter=tf.ones([3, 3, 1, 1], dtype),
+                    out_backprop=ones,
+                    strides=[1, 1, 1, 1],
+                    padding="SAME",
+                    dilations=[1, 2, 2, 1],
+                )
                 _NATIVE_DILATION_DTYPES[dtype.name] = True
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError):
+            except (
+                tf.errors.InvalidArgumentError,
+                tf.errors.UnimplementedError,
+                tf.errors.NotFoundError,
+            ):
                 _NATIVE_DILATION_DTYPES[dtype.name] = False
     return _NATIVE_DILATION_DTYPES[dtype.name]
 
@@ -108,8 +117,13 @@ def dilated_conv2d(x, kernel, rate, native=None):
         def grad(dy):
             if native:
                 dx = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=[1, 1, 1, 1],
-                    padding="SAME", dilations=[1, *rate, 1])
+                    input_sizes=tf.shape(x),
+                    filter=kernel,
+                    out_backprop=dy,
+                    strides=[1, 1, 1, 1],
+                    padding="SAME",
+                    dilations=[1, *rate, 1],
+                )
             else:
                 flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
                 dx = tf.nn.convolution(dy, flipped, padding="SAME", dilations=rate)

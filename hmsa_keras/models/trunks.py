@@ -85,7 +85,7 @@ def _dilation_plan(trunk, output_stride):
     # stages to convert: output stride 16 converts the last stage, 8 the last two
     n_converted = {16: 1, 8: 2}[output_stride]
     stages = _MOBILENET_STAGES if trunk == "mobilenetv2" else _RESNET_STAGES
-    stages = stages[len(stages) - n_converted:]
+    stages = stages[len(stages) - n_converted :]
     rate = 1
     for stage in stages:
         prev_rate, rate = rate, rate * 2
@@ -150,7 +150,8 @@ def build_trunk(
         if not os.path.isfile(weights):
             raise ValueError(
                 f"Trunk weights file {weights!r} does not exist; pass None, 'imagenet' "
-                f"(downloads) or the path of a keras.applications {trunk} weights file")
+                f"(downloads) or the path of a keras.applications {trunk} weights file"
+            )
     try:
         base = _application(trunk, alpha, weights)
     except Exception as e:  # keras raises many types for a bad weights file
@@ -158,14 +159,17 @@ def build_trunk(
             raise
         raise ValueError(
             f"Could not load trunk weights from {weights!r} into {trunk} (alpha={alpha}, "
-            f"include_top=False): {e}") from e
+            f"include_top=False): {e}"
+        ) from e
 
     low_name, high_name = _TAPS[trunk]
-    tapped = keras.Model(base.input,
-                         [base.get_layer(low_name).output, base.get_layer(high_name).output])
+    tapped = keras.Model(
+        base.input, [base.get_layer(low_name).output, base.get_layer(high_name).output]
+    )
     converted = keras.models.clone_model(
         tapped,
-        clone_function=_converter(_dilation_plan(trunk, output_stride), bn_momentum, sync_bn))
+        clone_function=_converter(_dilation_plan(trunk, output_stride), bn_momentum, sync_bn),
+    )
     converted.set_weights(tapped.get_weights())
 
     inputs = keras.Input((None, None, 3), name="image")

@@ -35,8 +35,9 @@ class RunState:
 class CheckpointKeeper:
     """Wraps a ``tf.train.CheckpointManager`` with chief / non-chief handling."""
 
-    def __init__(self, model_dir, model, optimizer, state: RunState, chief=True, max_to_keep=3,
-                 strategy=None):
+    def __init__(
+        self, model_dir, model, optimizer, state: RunState, chief=True, max_to_keep=3, strategy=None
+    ):
         self.chief = chief
         self.strategy = strategy
         self.state = state
@@ -44,12 +45,21 @@ class CheckpointKeeper:
         write_dir = self.directory if chief else tempfile.mkdtemp(prefix="hmsa_worker_ckpt_")
         # The loss trackers' running sums too, so that a run resumed mid-epoch reports the
         # same epoch means as an uninterrupted one (older checkpoints without them still load).
-        tracker_vars = [v.value for t in getattr(model, "loss_trackers", {}).values() for v in t.variables]
+        tracker_vars = [
+            v.value for t in getattr(model, "loss_trackers", {}).values() for v in t.variables
+        ]
         trackers = tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(tracker_vars)})
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=state.step,
-                                              epoch=state.epoch, best_miou=state.best_miou,
-                                              trackers=trackers)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=max_to_keep)
+        self.checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            step=state.step,
+            epoch=state.epoch,
+            best_miou=state.best_miou,
+            trackers=trackers,
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, write_dir, max_to_keep=max_to_keep
+        )
         self._write_dir = write_dir
 
     def restore_latest(self):
@@ -65,19 +75,24 @@ class CheckpointKeeper:
 
             source = latest or "no checkpoint"
             check_workers_agree(
-                self.strategy, int(self.state.step.numpy()),
+                self.strategy,
+                int(self.state.step.numpy()),
                 f"restored training step (from {source})",
                 hint=f"every worker must read the chief's checkpoints in {self.directory} (give "
-                     "all workers the same --model_dir on a shared file system)")
+                "all workers the same --model_dir on a shared file system)",
+            )
         return latest
 
     def save(self, step):
         if self.strategy is not None:
             from hmsa_keras.training.distribute import guard_collectives
 
-            save = guard_collectives(self._save, self.strategy,
-                                     lambda: f"the checkpoint of step {step}",
-                                     lambda: tf.train.latest_checkpoint(self.directory))
+            save = guard_collectives(
+                self._save,
+                self.strategy,
+                lambda: f"the checkpoint of step {step}",
+                lambda: tf.train.latest_checkpoint(self.directory),
+            )
             return save(step)
         return self._save(step)
 
@@ -91,7 +106,9 @@ class CheckpointKeeper:
 
 def save_keras_atomic(model, path, chief=True):
     """Saves ``model`` as ``.keras`` via a temporary file + ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path)) if chief else tempfile.mkdtemp(prefix="hmsa_worker_")
+    folder = (
+        os.path.dirname(os.path.abspath(path)) if chief else tempfile.mkdtemp(prefix="hmsa_worker_")
+    )
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder)
     os.close(fd)
     try:

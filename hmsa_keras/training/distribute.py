@@ -46,8 +46,10 @@ def make_strategy(name="default", num_cpu_replicas=0):
         return tf.distribute.get_strategy()
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster spec and this worker's task), see docs/training.md")
+            raise ValueError(
+                "--strategy=multi_worker needs the TF_CONFIG environment variable "
+                "(cluster spec and this worker's task), see docs/training.md"
+            )
         json.loads(os.environ["TF_CONFIG"])  # fail early on malformed JSON
         if num_cpu_replicas:
             split_cpu(num_cpu_replicas)
@@ -63,12 +65,16 @@ def split_cpu(n):
     """Splits the CPU into ``n`` logical devices (before TF initialises) and names them."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * n
+        )
     except RuntimeError as e:
         existing = tf.config.list_logical_devices("CPU")
         if len(existing) != n:
-            raise RuntimeError(f"Cannot make {n} logical CPU devices: TensorFlow is already "
-                               f"initialised with {len(existing)} ({e})") from e
+            raise RuntimeError(
+                f"Cannot make {n} logical CPU devices: TensorFlow is already "
+                f"initialised with {len(existing)} ({e})"
+            ) from e
     return [f"/cpu:{i}" for i in range(n)]
 
 
@@ -78,16 +84,29 @@ def is_chief(strategy) -> bool:
     if resolver is None or not resolver.task_type:
         return True
     return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
 
 
 # ------------------------------------------------------------------------------ lost workers
-PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-               tf.errors.CancelledError)
+PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
 _TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
-_REASONS = ("stopped sending heartbeats", "Connection reset by peer", "Socket closed",
-            "Connection refused", "failed to connect", "Deadline Exceeded", "heartbeat")
+_REASONS = (
+    "stopped sending heartbeats",
+    "Connection reset by peer",
+    "Socket closed",
+    "Connection refused",
+    "failed to connect",
+    "Deadline Exceeded",
+    "heartbeat",
+)
 
 
 class MultiWorkerFault(RuntimeError):
@@ -138,15 +157,21 @@ def describe_lost_worker(exc: Exception, strategy, where: str, checkpoint: Optio
     reason = next((r for r in _REASONS if r.lower() in message.lower()), exc.__class__.__name__)
     who = ", ".join(peers) if peers else "a peer (TensorFlow did not name it)"
     restart = "restart every worker with the same command"
-    resume = (f"The last checkpoint is {checkpoint}: {restart} to resume from it." if checkpoint
-              else f"No checkpoint was written yet: {restart} to start again.")
-    return (f"{job} {task} lost contact with {who} during {where} ({reason}); the collectives were "
-            f"aborted instead of waiting. {resume} Every worker must read the chief's model_dir "
-            "(a shared file system).")
+    resume = (
+        f"The last checkpoint is {checkpoint}: {restart} to resume from it."
+        if checkpoint
+        else f"No checkpoint was written yet: {restart} to start again."
+    )
+    return (
+        f"{job} {task} lost contact with {who} during {where} ({reason}); the collectives were "
+        f"aborted instead of waiting. {resume} Every worker must read the chief's model_dir "
+        "(a shared file system)."
+    )
 
 
-def guard_collectives(fn: Callable, strategy, where: Callable[[], str],
-                      checkpoint: Callable[[], Optional[str]]) -> Callable:
+def guard_collectives(
+    fn: Callable, strategy, where: Callable[[], str], checkpoint: Callable[[], Optional[str]]
+) -> Callable:
     """``fn`` raising :class:`WorkerLost` instead of TensorFlow's collective errors under a
     multi-worker strategy (other strategies: ``fn`` itself). ``where()`` and ``checkpoint()``
     are asked at the time of the failure (e.g. ``"training step 7"``, the last checkpoint)."""
@@ -179,5 +204,7 @@ def check_workers_agree(strategy, value: int, what: str, hint: str = "") -> None
     n, total, squares = (float(x) for x in totals.numpy())
     if n * squares != total * total:
         job, task = _self_task(strategy)
-        raise MultiWorkerFault(f"{job} {task} has {what} {value}, but the workers disagree (their "
-                               f"mean is {total / n:g}){': ' + hint if hint else ''}")
+        raise MultiWorkerFault(
+            f"{job} {task} has {what} {value}, but the workers disagree (their "
+            f"mean is {total / n:g}){': ' + hint if hint else ''}"
+        )

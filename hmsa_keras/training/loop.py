@@ -42,11 +42,18 @@ def skip_if_any_replica_nonfinite(grads, optimizer):
     optimizer skips the step everywhere and lowers the scale. A no-op on one replica or
     without a LossScaleOptimizer."""
     ctx = tf.distribute.get_replica_context()
-    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or ctx is None \
-            or ctx.num_replicas_in_sync == 1:
+    if (
+        not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        or ctx is None
+        or ctx.num_replicas_in_sync == 1
+    ):
         return grads
-    bad = tf.cast(tf.logical_not(tf.reduce_all(
-        [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])), tf.float32)
+    bad = tf.cast(
+        tf.logical_not(
+            tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+        ),
+        tf.float32,
+    )
     # ReduceOp has no MAX: count the bad replicas
     bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad)
     poison = tf.where(bad > 0, tf.constant(float("nan")), tf.constant(0.0))
@@ -62,8 +69,9 @@ def train_step(model, data):
     ``strategy.run`` under a strategy). Returns the loss trackers' results."""
     images, labels = data
     with tf.GradientTape() as tape:
-        total, _, terms = model.compute_loss_terms(images, labels, training=True,
-                                                   reduce=global_mean)
+        total, _, terms = model.compute_loss_terms(
+            images, labels, training=True, reduce=global_mean
+        )
         scaled = model.optimizer.scale_loss(total)
     variables = model.trainable_variables
     grads = tape.gradient(scaled, variables)
@@ -77,8 +85,9 @@ def train_step(model, data):
 def test_step(model, data):
     """Loss terms and the mIoU metric of ``model`` on ``(images, labels)``."""
     images, labels = data
-    total, fused, terms = model.compute_loss_terms(images, labels, training=False,
-                                                   reduce=global_mean)
+    total, fused, terms = model.compute_loss_terms(
+        images, labels, training=False, reduce=global_mean
+    )
     model.update_loss_trackers(total, terms, _replicas())
     model.miou_metric.update_state(labels, fused)
     return {m.name: m.result() for m in model.metrics}

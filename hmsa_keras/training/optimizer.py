@@ -62,14 +62,26 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
       ValueError: unknown granularity, or ``"epoch"`` without ``steps_per_epoch >= 1``.
     """
 
-    def __init__(self, base_lr, total_steps, power=1.0, warmup_steps=0, end_lr=0.0,
-                 granularity="iteration", steps_per_epoch=None):
+    def __init__(
+        self,
+        base_lr,
+        total_steps,
+        power=1.0,
+        warmup_steps=0,
+        end_lr=0.0,
+        granularity="iteration",
+        steps_per_epoch=None,
+    ):
         if granularity not in LR_SCHEDULE_GRANULARITIES:
-            raise ValueError(f"lr_schedule_granularity={granularity!r}: choose one of "
-                             f"{', '.join(LR_SCHEDULE_GRANULARITIES)}")
+            raise ValueError(
+                f"lr_schedule_granularity={granularity!r}: choose one of "
+                f"{', '.join(LR_SCHEDULE_GRANULARITIES)}"
+            )
         if granularity == "epoch" and (steps_per_epoch is None or int(steps_per_epoch) < 1):
-            raise ValueError("lr_schedule_granularity='epoch' needs steps_per_epoch >= 1, got "
-                             f"{steps_per_epoch!r}")
+            raise ValueError(
+                "lr_schedule_granularity='epoch' needs steps_per_epoch >= 1, got "
+                f"{steps_per_epoch!r}"
+            )
         self.base_lr = float(base_lr)
         self.total_steps = int(total_steps)
         self.power = float(power)
@@ -101,9 +113,15 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         return tf.cast(lr, tf.float32)
 
     def get_config(self):
-        return dict(base_lr=self.base_lr, total_steps=self.total_steps, power=self.power,
-                    warmup_steps=self.warmup_steps, end_lr=self.end_lr,
-                    granularity=self.granularity, steps_per_epoch=self.steps_per_epoch)
+        return dict(
+            base_lr=self.base_lr,
+            total_steps=self.total_steps,
+            power=self.power,
+            warmup_steps=self.warmup_steps,
+            end_lr=self.end_lr,
+            granularity=self.granularity,
+            steps_per_epoch=self.steps_per_epoch,
+        )
 
 
 @keras.saving.register_keras_serializable(package="hmsa_keras")
@@ -140,8 +158,10 @@ class CoupledSGD(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.9, l2=0.0, name="coupled_sgd", **kwargs):
         if kwargs.get("weight_decay"):
-            raise ValueError("CoupledSGD: pass the coupled decay as l2=..., not weight_decay "
-                             "(Keras' decoupled decay)")
+            raise ValueError(
+                "CoupledSGD: pass the coupled decay as l2=..., not weight_decay "
+                "(Keras' decoupled decay)"
+            )
         kwargs.pop("weight_decay", None)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= float(momentum) < 1.0:
@@ -166,8 +186,9 @@ class CoupledSGD(keras.optimizers.Optimizer):
             gradient = ops.add(gradient, ops.multiply(ops.cast(self.l2, variable.dtype), variable))
         if self.momentum:
             buf = self.momentum_buffers[self._get_variable_index(variable)]
-            self.assign(buf, ops.add(ops.multiply(buf, ops.cast(self.momentum, variable.dtype)),
-                                     gradient))
+            self.assign(
+                buf, ops.add(ops.multiply(buf, ops.cast(self.momentum, variable.dtype)), gradient)
+            )
             gradient = buf
         self.assign_sub(variable, ops.multiply(gradient, learning_rate))
 
@@ -178,9 +199,18 @@ class CoupledSGD(keras.optimizers.Optimizer):
         return config
 
 
-def build_optimizer(model, learning_rate, total_steps, momentum=0.9, weight_decay=1e-4,
-                    lr_power=1.0, warmup_steps=0, weight_decay_mode="decoupled",
-                    lr_schedule_granularity="iteration", steps_per_epoch=None):
+def build_optimizer(
+    model,
+    learning_rate,
+    total_steps,
+    momentum=0.9,
+    weight_decay=1e-4,
+    lr_power=1.0,
+    warmup_steps=0,
+    weight_decay_mode="decoupled",
+    lr_schedule_granularity="iteration",
+    steps_per_epoch=None,
+):
     """The training optimizer: SGD(momentum) with a :class:`WarmupPolyDecay` schedule.
 
     Args:
@@ -201,12 +231,20 @@ def build_optimizer(model, learning_rate, total_steps, momentum=0.9, weight_deca
         momentum outside [0, 1), negative weight decay.
     """
     if weight_decay_mode not in WEIGHT_DECAY_MODES:
-        raise ValueError(f"weight_decay_mode={weight_decay_mode!r}: choose one of "
-                         f"{', '.join(WEIGHT_DECAY_MODES)}")
+        raise ValueError(
+            f"weight_decay_mode={weight_decay_mode!r}: choose one of "
+            f"{', '.join(WEIGHT_DECAY_MODES)}"
+        )
     if weight_decay is not None and weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    schedule = WarmupPolyDecay(learning_rate, total_steps, lr_power, warmup_steps,
-                               granularity=lr_schedule_granularity, steps_per_epoch=steps_per_epoch)
+    schedule = WarmupPolyDecay(
+        learning_rate,
+        total_steps,
+        lr_power,
+        warmup_steps,
+        granularity=lr_schedule_granularity,
+        steps_per_epoch=steps_per_epoch,
+    )
     if weight_decay_mode == "coupled":
         return CoupledSGD(schedule, momentum=float(momentum), l2=float(weight_decay or 0.0))
     optimizer = keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay or None)

@@ -23,8 +23,15 @@ class LineProgress:
     steps and at the last step (values are the stateful running means the trainer passes;
     s/step is measured since the previous line, so the first line includes the tracing)."""
 
-    def __init__(self, target: int, epoch: Optional[int] = None, epochs: Optional[int] = None,
-                 every: Optional[int] = None, stream=None, verbose: bool = True):
+    def __init__(
+        self,
+        target: int,
+        epoch: Optional[int] = None,
+        epochs: Optional[int] = None,
+        every: Optional[int] = None,
+        stream=None,
+        verbose: bool = True,
+    ):
         self.target = int(target)
         self.every = max(1, int(every) if every else math.ceil(self.target / LINES_PER_EPOCH))
         self.prefix = f"epoch {epoch}/{epochs} " if epoch is not None and epochs is not None else ""
@@ -33,8 +40,9 @@ class LineProgress:
         self._last_time = time.time()
         self._last_step = None
 
-    def update(self, current: int, values: Optional[Iterable[Tuple[str, float]]] = None,
-               finalize=None):
+    def update(
+        self, current: int, values: Optional[Iterable[Tuple[str, float]]] = None, finalize=None
+    ):
         if self._last_step is None:
             self._last_step = current - 1  # the first update ends the first step
         if not self.verbose:
@@ -48,8 +56,11 @@ class LineProgress:
         self._last_time, self._last_step = now, current
         text = " ".join(f"{k}={float(v):.4f}" for k, v in (values or []))
         width = len(str(self.target))
-        print(f"{self.prefix}step {current:{width}d}/{self.target}: {text} ({rate:.2f} s/step)",
-              file=stream, flush=True)
+        print(
+            f"{self.prefix}step {current:{width}d}/{self.target}: {text} ({rate:.2f} s/step)",
+            file=stream,
+            flush=True,
+        )
 
 
 def is_terminal(stream=None) -> bool:
@@ -60,12 +71,18 @@ def is_terminal(stream=None) -> bool:
         return False
 
 
-def progress(target: int, stateful_metrics: Sequence[str] = (), verbose: bool = True,
-             epoch: Optional[int] = None, epochs: Optional[int] = None):
+def progress(
+    target: int,
+    stateful_metrics: Sequence[str] = (),
+    verbose: bool = True,
+    epoch: Optional[int] = None,
+    epochs: Optional[int] = None,
+):
     """A Keras ``Progbar`` on a terminal, a :class:`LineProgress` otherwise (log files, pipes)."""
     if is_terminal():
         import keras
 
-        return keras.utils.Progbar(target, stateful_metrics=list(stateful_metrics),
-                                   verbose=1 if verbose else 0)
+        return keras.utils.Progbar(
+            target, stateful_metrics=list(stateful_metrics), verbose=1 if verbose else 0
+        )
     return LineProgress(target, epoch, epochs, verbose=verbose)

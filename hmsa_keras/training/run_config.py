@@ -19,7 +19,14 @@ import json
 import logging
 import os
 
-from hmsa_keras.config import DataConfig, ModelConfig, Resolved, TrainConfig, read_config_file, to_json
+from hmsa_keras.config import (
+    DataConfig,
+    ModelConfig,
+    Resolved,
+    TrainConfig,
+    read_config_file,
+    to_json,
+)
 
 log = logging.getLogger("hmsa_keras")
 
@@ -53,10 +60,19 @@ class RunConfig:
     def read(cls, model_dir: str) -> "RunConfig":
         """The RunConfig a run wrote to ``model_dir/config.json`` (FileNotFoundError, ValueError)."""
         sections = read_config_file(os.path.join(model_dir, "config.json"))
-        missing = [c for c in ("ModelConfig", "DataConfig", "TrainConfig", "Resolved") if c not in sections]
+        missing = [
+            c for c in ("ModelConfig", "DataConfig", "TrainConfig", "Resolved") if c not in sections
+        ]
         if missing:
-            raise ValueError(f"{model_dir}/config.json lacks {missing}: not written by this version")
-        return cls(sections["ModelConfig"], sections["DataConfig"], sections["TrainConfig"], sections["Resolved"])
+            raise ValueError(
+                f"{model_dir}/config.json lacks {missing}: not written by this version"
+            )
+        return cls(
+            sections["ModelConfig"],
+            sections["DataConfig"],
+            sections["TrainConfig"],
+            sections["Resolved"],
+        )
 
 
 def num_examples(data_cfg: DataConfig, split: str) -> int:
@@ -71,8 +87,14 @@ def num_examples(data_cfg: DataConfig, split: str) -> int:
     return len(iter_pairs(data_cfg, split))
 
 
-def resolve(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, num_replicas: int,
-            num_classes: int, train_examples: int) -> RunConfig:
+def resolve(
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    num_replicas: int,
+    num_classes: int,
+    train_examples: int,
+) -> RunConfig:
     """The run's complete configuration.
 
     Args:
@@ -85,29 +107,45 @@ def resolve(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig
         scale chain that the fusion cannot use; ``scale_min > scale_max``.
     """
     if model_cfg.num_classes is not None and model_cfg.num_classes != num_classes:
-        raise ConfigError(f"--num_classes={model_cfg.num_classes} but dataset {data_cfg.dataset!r} has "
-                          f"{num_classes} classes (leave --num_classes unset to take the dataset's)")
+        raise ConfigError(
+            f"--num_classes={model_cfg.num_classes} but dataset {data_cfg.dataset!r} has "
+            f"{num_classes} classes (leave --num_classes unset to take the dataset's)"
+        )
     if model_cfg.fusion == "hierarchical" and 1.0 not in model_cfg.train_scales:
-        raise ConfigError(f"--train_scales must include 1.0 for hierarchical fusion, got "
-                          f"{','.join(f'{s:g}' for s in model_cfg.train_scales)}")
+        raise ConfigError(
+            f"--train_scales must include 1.0 for hierarchical fusion, got "
+            f"{','.join(f'{s:g}' for s in model_cfg.train_scales)}"
+        )
     if data_cfg.scale_min > data_cfg.scale_max:
-        raise ConfigError(f"--scale_min ({data_cfg.scale_min:g}) must be <= --scale_max ({data_cfg.scale_max:g})")
+        raise ConfigError(
+            f"--scale_min ({data_cfg.scale_min:g}) must be <= --scale_max ({data_cfg.scale_max:g})"
+        )
     if train_cfg.class_weights is not None and len(train_cfg.class_weights) != num_classes:
-        raise ConfigError(f"--class_weights lists {len(train_cfg.class_weights)} weights; the dataset has "
-                          f"{num_classes} classes")
+        raise ConfigError(
+            f"--class_weights lists {len(train_cfg.class_weights)} weights; the dataset has "
+            f"{num_classes} classes"
+        )
     sync_bn = model_cfg.sync_bn
     if sync_bn is None:
         # On one replica Keras' synchronized path only costs precision (E[x^2] - E[x]^2 variance).
         sync_bn = num_replicas > 1
     elif not sync_bn and num_replicas > 1:
-        log.warning("--nosync_bn on %d replicas: the BatchNorm moving statistics of the replicas will "
-                    "diverge (replica 0's are saved)", num_replicas)
+        log.warning(
+            "--nosync_bn on %d replicas: the BatchNorm moving statistics of the replicas will "
+            "diverge (replica 0's are saved)",
+            num_replicas,
+        )
     model = dataclasses.replace(model_cfg, num_classes=num_classes, sync_bn=sync_bn)
     batch = train_cfg.batch_size * num_replicas
     steps = train_cfg.steps_per_epoch or max(train_examples // batch, 1)
     scale = batch / train_cfg.reference_batch_size if train_cfg.reference_batch_size else 1.0
-    resolved = Resolved(num_replicas=num_replicas, global_batch_size=batch, steps_per_epoch=steps,
-                        total_steps=steps * train_cfg.epochs, learning_rate=train_cfg.learning_rate * scale)
+    resolved = Resolved(
+        num_replicas=num_replicas,
+        global_batch_size=batch,
+        steps_per_epoch=steps,
+        total_steps=steps * train_cfg.epochs,
+        learning_rate=train_cfg.learning_rate * scale,
+    )
     return RunConfig(model, data_cfg, train_cfg, resolved)
 
 
@@ -122,9 +160,14 @@ def check_resume(run: RunConfig, model_dir: str) -> None:
     except ValueError:
         return
     now = json.loads(run.to_json())
-    changed = sorted(f"{section}.{key}" for section, fields in now.items() if isinstance(fields, dict)
-                     for key, value in fields.items()
-                     if isinstance(before.get(section), dict) and key in before[section]
-                     and before[section][key] != value)
+    changed = sorted(
+        f"{section}.{key}"
+        for section, fields in now.items()
+        if isinstance(fields, dict)
+        for key, value in fields.items()
+        if isinstance(before.get(section), dict)
+        and key in before[section]
+        and before[section][key] != value
+    )
     if changed:
         log.warning("resuming %s with a different configuration: %s", model_dir, ", ".join(changed))

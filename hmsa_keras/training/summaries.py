@@ -183,15 +183,25 @@ def render_rows(rows, class_names, colors, attention_scales, row_titles=None) ->
     for r, row in enumerate(rows):
         label, pred = _subsample(row["label"])[:h, :w], _subsample(row["prediction"])[:h, :w]
         shown |= set(np.unique(label).tolist()) | set(np.unique(pred).tolist())
-        panels = [_subsample(row["image"])[:h, :w], palette[np.clip(label, 0, 255)],
-                  palette[np.clip(pred, 0, 255)]]
+        panels = [
+            _subsample(row["image"])[:h, :w],
+            palette[np.clip(label, 0, 255)],
+            palette[np.clip(pred, 0, 255)],
+        ]
         panels += [_viridis(_subsample(row["attention"][s])[:h, :w]) for s in attention_scales]
         top = r * (h + title_px) + title_px
         for c, panel in enumerate(panels):
-            grid[top:top + panel.shape[0], c * (w + gap):c * (w + gap) + panel.shape[1]] = panel
+            grid[top : top + panel.shape[0], c * (w + gap) : c * (w + gap) + panel.shape[1]] = panel
     present = [k for k in sorted(shown) if 0 <= k < len(class_names)]
-    handles = [Patch(facecolor=np.asarray(colors[k]) / 255.0, edgecolor="black", linewidth=0.3,
-                     label=f"{k} {class_names[k]}") for k in present]
+    handles = [
+        Patch(
+            facecolor=np.asarray(colors[k]) / 255.0,
+            edgecolor="black",
+            linewidth=0.3,
+            label=f"{k} {class_names[k]}",
+        )
+        for k in present
+    ]
     if 255 in shown:
         handles.append(Patch(facecolor="black", label="ignore"))
     ncol = max(1, min(len(handles), grid.shape[1] // 110))
@@ -201,8 +211,14 @@ def render_rows(rows, class_names, colors, attention_scales, row_titles=None) ->
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     fig.figimage(grid, xo=4, yo=legend_px, origin="upper")
     for c, name in enumerate(columns):  # column titles above the first row
-        fig.text((4 + c * (w + gap) + w / 2) / width, 1 - 2 / height, name, ha="center", va="top",
-                 fontsize=8)
+        fig.text(
+            (4 + c * (w + gap) + w / 2) / width,
+            1 - 2 / height,
+            name,
+            ha="center",
+            va="top",
+            fontsize=8,
+        )
     for r in range(len(rows)):
         text = row_titles[r] if row_titles else None
         if text:
@@ -211,15 +227,30 @@ def render_rows(rows, class_names, colors, attention_scales, row_titles=None) ->
     if attention_scales:
         import matplotlib as mpl
 
-        cax = fig.add_axes([(width - bar_px + 12) / width, (legend_px + 10) / height, 12 / width,
-                            (grid.shape[0] - 20) / height])
-        bar = fig.colorbar(mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap="viridis"),
-                           cax=cax)
+        cax = fig.add_axes(
+            [
+                (width - bar_px + 12) / width,
+                (legend_px + 10) / height,
+                12 / width,
+                (grid.shape[0] - 20) / height,
+            ]
+        )
+        bar = fig.colorbar(
+            mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap="viridis"), cax=cax
+        )
         bar.set_label("attention (sigmoid)", fontsize=7)
         bar.ax.tick_params(labelsize=7)
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False,
-                   borderaxespad=0.2, handlelength=1.2, columnspacing=1.0)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=ncol,
+            fontsize=7,
+            frameon=False,
+            borderaxespad=0.2,
+            handlelength=1.2,
+            columnspacing=1.0,
+        )
     return _canvas(fig)
 
 
@@ -394,8 +425,10 @@ class Summaries:
                 render_rows(rows, names, colors, scales, titles),
                 f"The {len(rows)} validation images with the lowest IoU, chain {chain}.",
             )
-        title = (f"step {step}: mIoU {metrics['miou']:.3f}, "
-                 f"pixel accuracy {metrics['pixel_accuracy']:.3f}")
+        title = (
+            f"step {step}: mIoU {metrics['miou']:.3f}, "
+            f"pixel accuracy {metrics['pixel_accuracy']:.3f}"
+        )
         figures["images/confusion_matrix"] = (
             render_confusion_matrix(cm, names, title),
             "Rows: ground truth, normalised to 100 %; columns: prediction.",

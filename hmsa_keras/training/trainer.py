@@ -62,8 +62,14 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     os.makedirs(model_dir, exist_ok=True)
 
     info = get_dataset_info(data_cfg)
-    run = resolve(model_cfg, data_cfg, train_cfg, strategy.num_replicas_in_sync, info.num_classes,
-                  num_examples(data_cfg, data_cfg.train_split))
+    run = resolve(
+        model_cfg,
+        data_cfg,
+        train_cfg,
+        strategy.num_replicas_in_sync,
+        info.num_classes,
+        num_examples(data_cfg, data_cfg.train_split),
+    )
     model_cfg, resolved = run.model, run.resolved  # from here on nothing changes the configs
     if chief:
         check_resume(run, model_dir)
@@ -76,32 +82,48 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         model = api.build_model(model_cfg)
         if train_cfg.freeze:
             model.set_frozen(train_cfg.freeze)
-        optimizer = build_optimizer(model, learning_rate, total_steps, train_cfg.momentum,
-                                    train_cfg.weight_decay, train_cfg.lr_power,
-                                    train_cfg.warmup_steps,
-                                    weight_decay_mode=train_cfg.weight_decay_mode,
-                                    lr_schedule_granularity=train_cfg.lr_schedule_granularity,
-                                    steps_per_epoch=steps_per_epoch)
+        optimizer = build_optimizer(
+            model,
+            learning_rate,
+            total_steps,
+            train_cfg.momentum,
+            train_cfg.weight_decay,
+            train_cfg.lr_power,
+            train_cfg.warmup_steps,
+            weight_decay_mode=train_cfg.weight_decay_mode,
+            lr_schedule_granularity=train_cfg.lr_schedule_granularity,
+            steps_per_epoch=steps_per_epoch,
+        )
         if train_cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer, loss=train_cfg.loss, aux_weight=train_cfg.aux_weight,
-                      scale_loss_weight=train_cfg.scale_loss_weight,
-                      class_weights=train_cfg.class_weights)
+        model.compile(
+            optimizer=optimizer,
+            loss=train_cfg.loss,
+            aux_weight=train_cfg.aux_weight,
+            scale_loss_weight=train_cfg.scale_loss_weight,
+            class_weights=train_cfg.class_weights,
+        )
         optimizer.build(model.trainable_variables)
         state = RunState()
     keeper = CheckpointKeeper(model_dir, model, optimizer, state, chief=chief, strategy=strategy)
     resumed = keeper.restore_latest()
     start_step = int(state.step.numpy())
     if resumed:
-        _log(f"Resuming from {resumed}: epoch {int(state.epoch.numpy()) + 1}, "
-             f"step {start_step}/{total_steps}")
+        _log(
+            f"Resuming from {resumed}: epoch {int(state.epoch.numpy()) + 1}, "
+            f"step {start_step}/{total_steps}"
+        )
         if train_cfg.init_from:  # the checkpoint holds this run's own weights: never overwrite them
-            _log(f"(--init_from={train_cfg.init_from} is not applied again: the run continues "
-                 "from its checkpoint)")
+            _log(
+                f"(--init_from={train_cfg.init_from} is not applied again: the run continues "
+                "from its checkpoint)"
+            )
     else:
-        _log(f"Starting a new run in {model_dir}: {train_cfg.epochs} epoch(s) x {steps_per_epoch} "
-             f"steps, global batch {batch} on {strategy.num_replicas_in_sync} replica(s), "
-             f"LR {learning_rate:g}, {train_cfg.precision}")
+        _log(
+            f"Starting a new run in {model_dir}: {train_cfg.epochs} epoch(s) x {steps_per_epoch} "
+            f"steps, global batch {batch} on {strategy.num_replicas_in_sync} replica(s), "
+            f"LR {learning_rate:g}, {train_cfg.precision}"
+        )
         if train_cfg.init_from:
             _warm_start(model, train_cfg.init_from, model_dir, chief)
 
@@ -116,17 +138,25 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     # Per-image scores read the running confusion matrix after every validation step: a collective
     # under multi_worker, so there only the scalars and the confusion matrix are logged.
     watcher = ValidationWatcher(train_cfg.summary_images, train_cfg.worst_images)
-    multi_worker = train_cfg.strategy == "multi_worker" or \
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    multi_worker = train_cfg.strategy == "multi_worker" or isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    )
     if multi_worker or not watcher.active:
         watcher = None
     last_checkpoint = lambda: tf.train.latest_checkpoint(keeper.directory)  # noqa: E731
     # Multi-worker: a lost peer ends the run with WorkerLost (naming it) instead of a hang.
-    train_fn = guard_collectives(make_train_function(model, strategy), strategy,
-                                 lambda: f"training step {step + 1} (epoch {epoch + 1})",
-                                 last_checkpoint)
-    test_fn = guard_collectives(make_test_function(model, strategy), strategy,  # traced once
-                                lambda: f"the validation of epoch {epoch + 1}", last_checkpoint)
+    train_fn = guard_collectives(
+        make_train_function(model, strategy),
+        strategy,
+        lambda: f"training step {step + 1} (epoch {epoch + 1})",
+        last_checkpoint,
+    )
+    test_fn = guard_collectives(
+        make_test_function(model, strategy),
+        strategy,  # traced once
+        lambda: f"the validation of epoch {epoch + 1}",
+        last_checkpoint,
+    )
     history_path = os.path.join(model_dir, "history.json")
     history = json.load(open(history_path)) if resumed and os.path.exists(history_path) else []
     result, logs = {}, {}
@@ -134,8 +164,9 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     patience = train_cfg.early_stopping_patience
     stopped_early = bool(patience) and _stale_validations(history) >= patience
     if stopped_early:
-        _log(f"This run already stopped early (no val mIoU improvement in {patience} "
-             "validation(s)).")
+        _log(
+            f"This run already stopped early (no val mIoU improvement in {patience} validation(s))."
+        )
     for epoch in range(int(state.epoch.numpy()), train_cfg.epochs):
         if stopped_early:
             break
@@ -143,8 +174,13 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if first == 0:  # resumed mid-epoch: keep the restored running means of this epoch
             for tracker in model.loss_trackers.values():
                 tracker.reset_state()
-        bar = progress(steps_per_epoch, model.loss_trackers, verbose=chief, epoch=epoch + 1,
-                       epochs=train_cfg.epochs)  # a bar on a terminal, plain lines in a log file
+        bar = progress(
+            steps_per_epoch,
+            model.loss_trackers,
+            verbose=chief,
+            epoch=epoch + 1,
+            epochs=train_cfg.epochs,
+        )  # a bar on a terminal, plain lines in a log file
         tic = time.time()
         for _ in range(first, steps_per_epoch):
             logs = {k: float(v) for k, v in train_fn(iterator).items()}
@@ -154,13 +190,15 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                     f"Loss became {logs['loss']} at step {step} (epoch {epoch + 1}); stopped "
                     "without saving. The last good checkpoint is "
                     f"{tf.train.latest_checkpoint(keeper.directory)}. "
-                    "Lower --learning_rate, add --warmup_steps, or check the data.")
+                    "Lower --learning_rate, add --warmup_steps, or check the data."
+                )
             bar.update(step - epoch * steps_per_epoch, list(logs.items()))
             if step % 10 == 0 or step == total_steps:
                 lr = float(optimizer.learning_rate)
                 rate = (step - epoch * steps_per_epoch - first) / max(time.time() - tic, 1e-9)
-                summaries.scalars("train", {**logs, "learning_rate": lr, "steps_per_second": rate},
-                                  step)
+                summaries.scalars(
+                    "train", {**logs, "learning_rate": lr, "steps_per_second": rate}, step
+                )
             if train_cfg.image_every and step % train_cfg.image_every == 0:
                 summaries.images(model, *preview, step)
             if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
@@ -174,29 +212,37 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
             val_metrics = metrics_lib.compute_metrics(np.asarray(cm), info.class_names)
             summaries.validation(val_logs, val_metrics, step)
             summaries.validation_images(model, watcher, np.asarray(cm), val_metrics, step)
-            result.update({f"val_{k}": v for k, v in val_logs.items()},
-                          val_pixel_accuracy=val_metrics["pixel_accuracy"])
+            result.update(
+                {f"val_{k}": v for k, v in val_logs.items()},
+                val_pixel_accuracy=val_metrics["pixel_accuracy"],
+            )
             if val_metrics["miou"] > float(state.best_miou.numpy()):
                 state.best_miou.assign(val_metrics["miou"])
                 save_keras_atomic(model, os.path.join(model_dir, api.BEST_MODEL), chief)
                 if chief:
-                    metrics_lib.write_metrics(dict(val_metrics, epoch=epoch + 1, step=step),
-                                              os.path.join(model_dir, BEST_METRICS))
+                    metrics_lib.write_metrics(
+                        dict(val_metrics, epoch=epoch + 1, step=step),
+                        os.path.join(model_dir, BEST_METRICS),
+                    )
         summaries.images(model, *preview, step)
         keeper.save(step)
         history.append(result)
         if chief:
             with open(history_path, "w") as f:
                 json.dump(history, f, indent=1)
-        _log(f"Epoch {epoch + 1}/{train_cfg.epochs}: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)) +
-            f" ({time.time() - tic:.1f}s)")
+        _log(
+            f"Epoch {epoch + 1}/{train_cfg.epochs}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
+            + f" ({time.time() - tic:.1f}s)"
+        )
         if patience and "val_miou" in result and _stale_validations(history) >= patience:
             stopped_early = True
             best = max((h for h in history if "val_miou" in h), key=lambda h: h["val_miou"])
-            _log(f"Early stopping after epoch {epoch + 1}: val mIoU has not improved for "
-                 f"{patience} validation(s) (best {best['val_miou']:.4f} at epoch "
-                 f"{best['epoch']}).")
+            _log(
+                f"Early stopping after epoch {epoch + 1}: val mIoU has not improved for "
+                f"{patience} validation(s) (best {best['val_miou']:.4f} at epoch "
+                f"{best['epoch']})."
+            )
     save_keras_atomic(model, os.path.join(model_dir, api.LAST_MODEL), chief)
     result["best_val_miou"] = float(state.best_miou.numpy())
     result["stopped_early"] = stopped_early
@@ -268,15 +314,19 @@ def _validation_dataset(build_dataset, data_cfg, replicas):
         return ds
     singles = build_dataset(data_cfg, data_cfg.val_split, training=False, batch_size=1).unbatch()
     filler = singles.take(1).map(
-        lambda image, label: (image, tf.fill(tf.shape(label), IGNORE_LABEL)))
+        lambda image, label: (image, tf.fill(tf.shape(label), IGNORE_LABEL))
+    )
     return singles.concatenate(filler.repeat(missing)).batch(replicas)
 
 
 def _local_batches(strategy, batch):
     """The ``(images, labels)`` of each local replica of a (distributed) batch."""
     images, labels = batch
-    return list(zip(strategy.experimental_local_results(images),
-                    strategy.experimental_local_results(labels)))
+    return list(
+        zip(
+            strategy.experimental_local_results(images), strategy.experimental_local_results(labels)
+        )
+    )
 
 
 def _stale_validations(history):
@@ -296,5 +346,7 @@ def _print_best_table(model_dir):
         return
     with open(path) as f:
         best = json.load(f)
-    _log(f"Per-class IoU of best.keras (epoch {best.get('epoch')}, step {best.get('step')}, "
-         "validation at the training scales):\n" + format_table(best))
+    _log(
+        f"Per-class IoU of best.keras (epoch {best.get('epoch')}, step {best.get('step')}, "
+        "validation at the training scales):\n" + format_table(best)
+    )

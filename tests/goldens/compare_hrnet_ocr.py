@@ -78,7 +78,9 @@ def per_scale_differences(model, golden):
         diffs[f"{ref}_aux_logits"] = _max_abs(aux, golden.outputs[f"{ref}_aux_logits"])
         diffs[f"{ref}_attention"] = _max_abs(attention, golden.outputs[f"{ref}_attention"])
         x = images if s == 1.0 else F.resize(images, F.scaled_size(images, s))
-        diffs[f"{ref}_attention_logits_s4"] = _max_abs(head(x), golden.outputs[f"{ref}_attention_logits_s4"])
+        diffs[f"{ref}_attention_logits_s4"] = _max_abs(
+            head(x), golden.outputs[f"{ref}_attention_logits_s4"]
+        )
     return diffs
 
 

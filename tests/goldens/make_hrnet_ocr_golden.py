@@ -220,7 +220,6 @@ def run(args):
     sys.path.insert(0, os.path.abspath(args.reference_dir))
     install_stand_ins()
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
 
     torch.set_num_threads(args.threads)

@@ -42,8 +42,11 @@ CASES = {
 
 
 def run_case(case, base_lr, momentum, weight_decay, power, epochs, steps_per_epoch, rng):
-    out = {f"{case}/settings": np.array([base_lr, momentum, weight_decay, power, epochs,
-                                         steps_per_epoch], np.float64)}
+    out = {
+        f"{case}/settings": np.array(
+            [base_lr, momentum, weight_decay, power, epochs, steps_per_epoch], np.float64
+        )
+    }
     steps = epochs * steps_per_epoch
     params, grads = {}, {}
     for name, shape in SHAPES.items():
@@ -58,10 +61,16 @@ def run_case(case, base_lr, momentum, weight_decay, power, epochs, steps_per_epo
         out[f"{case}/{name}/init"] = init
         out[f"{case}/{name}/grads"] = g
         out[f"{case}/{name}/after"] = np.zeros((steps, *shape), np.float32)
-    opt = torch.optim.SGD(list(params.values()), lr=base_lr, momentum=momentum,
-                          weight_decay=weight_decay, nesterov=False)
+    opt = torch.optim.SGD(
+        list(params.values()),
+        lr=base_lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=False,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda=lambda e: math.pow(1 - e / epochs, power))
+        opt, lr_lambda=lambda e: math.pow(1 - e / epochs, power)
+    )
     lrs = []
     step = 0
     for _ in range(epochs):
@@ -82,8 +91,10 @@ def run_case(case, base_lr, momentum, weight_decay, power, epochs, steps_per_epo
 
 def main():
     rng = np.random.default_rng(20250519)
-    data = {"torch_version": np.array(torch.__version__),
-            "reference_commit": np.array("7726b144c2cc0b8e09c67eabb78f027efdf3f0fa")}
+    data = {
+        "torch_version": np.array(torch.__version__),
+        "reference_commit": np.array("7726b144c2cc0b8e09c67eabb78f027efdf3f0fa"),
+    }
     for case, settings in CASES.items():
         data.update(run_case(case, *settings, rng))
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sgd_torch_poly.npz")

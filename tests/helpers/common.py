@@ -12,7 +12,9 @@ if REPO not in sys.path:
 
 # The one tiny-model configuration of the test suite (conftest, drivers and test files import it):
 # MobileNetV2 x0.35 with 16-channel heads, built in seconds on a 2-core CPU.
-TINY = dict(alpha=0.35, aspp_channels=16, decoder_channels=16, attention_channels=16, low_level_channels=8)
+TINY = dict(
+    alpha=0.35, aspp_channels=16, decoder_channels=16, attention_channels=16, low_level_channels=8
+)
 
 
 def setup_tf(logical_cpus=0):
@@ -22,7 +24,9 @@ def setup_tf(logical_cpus=0):
 
     if logical_cpus:
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus
+        )
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     return tf
 

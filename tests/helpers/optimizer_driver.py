@@ -27,15 +27,23 @@ SHAPES = {"kernel": (3, 2), "gamma": (2,), "bias": (2,)}
 def main(out_path):
     rng = np.random.default_rng(3)
     init = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
-    grads = {n: (0.1 * rng.standard_normal((STEPS, 2, *s))).astype(np.float32)
-             for n, s in SHAPES.items()}
+    grads = {
+        n: (0.1 * rng.standard_normal((STEPS, 2, *s))).astype(np.float32) for n, s in SHAPES.items()
+    }
     strategy = tf.distribute.MirroredStrategy(devices=["/cpu:0", "/cpu:1"])
     with strategy.scope():
         variables = [keras.Variable(init[n], name=n) for n in SHAPES]
-        inner = build_optimizer(None, BASE_LR, STEPS_PER_EPOCH * EPOCHS, momentum=MOMENTUM,
-                                weight_decay=WEIGHT_DECAY, lr_power=POWER,
-                                weight_decay_mode="coupled", lr_schedule_granularity="epoch",
-                                steps_per_epoch=STEPS_PER_EPOCH)
+        inner = build_optimizer(
+            None,
+            BASE_LR,
+            STEPS_PER_EPOCH * EPOCHS,
+            momentum=MOMENTUM,
+            weight_decay=WEIGHT_DECAY,
+            lr_power=POWER,
+            weight_decay_mode="coupled",
+            lr_schedule_granularity="epoch",
+            steps_per_epoch=STEPS_PER_EPOCH,
+        )
         optimizer = keras.optimizers.LossScaleOptimizer(inner, initial_scale=1024.0)
         optimizer.build(variables)
     table = {n: tf.constant(g) for n, g in grads.items()}
@@ -47,6 +55,7 @@ def main(out_path):
             scale = optimizer.scale_loss(tf.constant(1.0))
             pairs = [(table[n][k, r] * scale, v) for n, v in zip(SHAPES, variables)]
             optimizer.apply_gradients(pairs)
+
         strategy.run(replica_fn)
 
     after = {n: [] for n in SHAPES}
@@ -56,11 +65,16 @@ def main(out_path):
         step(tf.constant(k))
         for n, v in zip(SHAPES, variables):
             after[n].append(np.asarray(v.numpy()))
-    np.savez(out_path, replicas=strategy.num_replicas_in_sync, lrs=np.array(lrs),
-             settings=np.array([BASE_LR, MOMENTUM, WEIGHT_DECAY, POWER, EPOCHS, STEPS_PER_EPOCH]),
-             scale=float(optimizer.dynamic_scale.numpy()),
-             **{f"{n}/init": init[n] for n in SHAPES}, **{f"{n}/grads": grads[n] for n in SHAPES},
-             **{f"{n}/after": np.stack(after[n]) for n in SHAPES})
+    np.savez(
+        out_path,
+        replicas=strategy.num_replicas_in_sync,
+        lrs=np.array(lrs),
+        settings=np.array([BASE_LR, MOMENTUM, WEIGHT_DECAY, POWER, EPOCHS, STEPS_PER_EPOCH]),
+        scale=float(optimizer.dynamic_scale.numpy()),
+        **{f"{n}/init": init[n] for n in SHAPES},
+        **{f"{n}/grads": grads[n] for n in SHAPES},
+        **{f"{n}/after": np.stack(after[n]) for n in SHAPES},
+    )
 
 
 if __name__ == "__main__":
