@@ -5,7 +5,8 @@ import re
 
 from setuptools import find_packages, setup
 
-# CPU by default (the pinned stack); GPU machines: HMSA_TENSORFLOW="tensorflow[and-cuda]" pip install .
+# CPU by default (the pinned stack); GPU machines:
+# HMSA_TENSORFLOW="tensorflow[and-cuda]" pip install .
 TENSORFLOW = os.environ.get("HMSA_TENSORFLOW", "tensorflow-cpu")
 
 version = re.search(r'__version__ = "([^"]+)"', open("hmsa_keras/__init__.py").read()).group(1)
@@ -13,7 +14,9 @@ version = re.search(r'__version__ = "([^"]+)"', open("hmsa_keras/__init__.py").r
 setup(
     name="hmsa_keras",
     version=version,
-    description="Hierarchical Multi-Scale Attention (Tao et al. 2020) semantic segmentation in Keras 3",
+    description=(
+        "Hierarchical Multi-Scale Attention (Tao et al. 2020) semantic segmentation in Keras 3"
+    ),
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

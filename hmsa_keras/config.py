@@ -307,7 +307,8 @@ class TrainConfig:
     weight_decay_mode: str = option(
         "decoupled",
         "coupled: L2 added to the gradient before momentum, on every parameter "
-        "(torch.optim.SGD, the reference; about 1/(1 - momentum) times stronger at the same coefficient); "
+        "(torch.optim.SGD, the reference; about 1/(1 - momentum) times stronger "
+        "at the same coefficient); "
         "decoupled: Keras' w -= lr * wd * w, not on BatchNorm and biases.",
         choices=WEIGHT_DECAY_MODES,
     )
@@ -365,8 +366,9 @@ class TrainConfig:
     init_from: Optional[str] = option(
         None,
         "Warm start: initial weights from a run directory (its best model), a .keras file, a "
-        ".weights.h5 file or a converted checkpoint directory, matched by layer name and shape. Weights "
-        "only (fresh optimizer, step 0); not applied again when the run resumes from its own checkpoint.",
+        ".weights.h5 file or a converted checkpoint directory, matched by layer name and shape. "
+        "Weights only (fresh optimizer, step 0); not applied again when the run resumes from its "
+        "own checkpoint.",
     )
     early_stopping_patience: int = option(
         0,
@@ -381,7 +383,8 @@ class TrainConfig:
     )
     worst_images: int = option(
         3,
-        "TensorBoard, val run: the validation images with the lowest IoU at every validation (0: none).",
+        "TensorBoard, val run: the validation images with the lowest IoU at every validation "
+        "(0: none).",
         lower=0,
     )
 
@@ -441,7 +444,8 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
-    """``hmsa-predict`` / ``hmsa-autolabel``: inputs, outputs and pseudo-labels (docs/evaluation.md)."""
+    """``hmsa-predict`` / ``hmsa-autolabel``: inputs, outputs and pseudo-labels
+    (docs/evaluation.md)."""
 
     input: Optional[str] = option(
         None, "An image file, a folder of images (not recursive) or a glob."
@@ -462,7 +466,8 @@ class PredictConfig:
     )
     tile_size: Optional[Tuple[int, int]] = option(
         None,
-        "Tiled inference for large images: tile HxW (or one number); each tile runs the whole chain.",
+        "Tiled inference for large images: tile HxW (or one number); each tile runs the whole "
+        "chain.",
         kind="hw",
     )
     tile_overlap: int = option(128, "Pixels shared by neighbouring tiles.", lower=0)
@@ -521,8 +526,8 @@ class ExportConfig:
     )
     warmup_size: Optional[Tuple[int, int]] = option(
         None,
-        "HxW of the image in the SavedModel's warm-up requests (assets.extra/tf_serving_warmup_requests; "
-        "default: --latency_size).",
+        "HxW of the image in the SavedModel's warm-up requests "
+        "(assets.extra/tf_serving_warmup_requests; default: --latency_size).",
         kind="hw",
     )
     tflite_outputs: str = option(
@@ -613,7 +618,8 @@ class Resolved:
 
 
 def to_json(*configs) -> str:
-    """``{"ModelConfig": {...}, "DataConfig": {...}, ...}`` of the given configs (tuples as lists)."""
+    """``{"ModelConfig": {...}, "DataConfig": {...}, ...}`` of the given configs (tuples as
+    lists)."""
     return json.dumps({type(c).__name__: dataclasses.asdict(c) for c in configs}, indent=2)
 
 

@@ -116,7 +116,8 @@ def _conversion_hint(dtype) -> str:
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[..., 3]`` -> float32 ``(pixel / 255 - MEAN) / STD`` (NumPy; the networks' input)."""
+    """uint8 RGB ``[..., 3]`` -> float32 ``(pixel / 255 - MEAN) / STD`` (NumPy; the networks'
+    input)."""
     mean = np.asarray(conventions.MEAN, np.float32)
     std = np.asarray(conventions.STD, np.float32)
     return (np.asarray(image, np.float32) / 255.0 - mean) / std
@@ -195,7 +196,8 @@ def window_1d(tile: int, start: int, length: int, overlap: int, blend: str) -> n
 
 
 def _run(model, batch, scales, flip, details):
-    """One compiled call on a normalised batch -> NumPy (logits, {scale: logits}, {scale: attention})."""
+    """One compiled call on a normalised batch -> NumPy (logits, {scale: logits},
+    {scale: attention})."""
     out = compiled_segment(model, scales, flip, details)(batch)
     logits = _numpy(out["logits"])
     if not details:
@@ -208,7 +210,8 @@ def _run(model, batch, scales, flip, details):
 
 
 def _segment_tiled(model, x, tile, overlap, scales, flip, blend, align, tile_batch, details):
-    """Blended (logits, scale_logits, attention, num_tiles) of one normalised image ``x`` [H, W, 3]."""
+    """Blended (logits, scale_logits, attention, num_tiles) of one normalised image ``x``
+    [H, W, 3]."""
     h, w = x.shape[:2]
     th, tw = min(tile[0], h), min(tile[1], w)
     if th == h and tw == w:  # one tile: the whole-image call itself

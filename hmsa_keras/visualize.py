@@ -31,7 +31,8 @@ def attention_to_rgb(attention) -> np.ndarray:
 
 
 def tf_colorize(label_map, colors):
-    """TensorFlow version of :func:`colorize` for TensorBoard summaries ([B, H, W] -> [B, H, W, 3])."""
+    """TensorFlow version of :func:`colorize` for TensorBoard summaries
+    ([B, H, W] -> [B, H, W, 3])."""
     import tensorflow as tf
 
     table = tf.constant(palette_array(colors))

@@ -15,7 +15,8 @@ BASE = DataConfig(crop_size=(48, 56), scale_min=0.5, scale_max=2.0, hflip=True, 
 
 
 def blocky_pair(seed=0, h=64, w=80, block=8, values=tuple(range(8))):
-    """Label = class of 8x8 blocks; image red channel = 16 + 32 * class (label is a function of the image)."""
+    """Label = class of 8x8 blocks; image red channel = 16 + 32 * class (label is a function
+    of the image)."""
     rng = np.random.default_rng(seed)
     cls = rng.choice(np.asarray(values, np.uint8), (h // block, w // block))
     label = np.kron(cls, np.ones((block, block), np.uint8))

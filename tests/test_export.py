@@ -98,7 +98,8 @@ SERVING_SCRIPT = textwrap.dedent("""
         errors["dtype"] = str(exc)[:3000]
     assert "hmsa_keras" not in sys.modules, "must run on TensorFlow alone"
     np.savez(out_file, **out)
-    print(json.dumps({"errors": errors, "signatures": sorted(k for k in meta.signature_def if not k.startswith("__"))}))
+    print(json.dumps({"errors": errors, \
+"signatures": sorted(k for k in meta.signature_def if not k.startswith("__"))}))
 """)
 
 
@@ -197,7 +198,8 @@ def test_float32_tflite_dynamic_sizes_with_litert_alone(model, float32_tflite, t
     runner = os.path.join(ROOT, "export", "litert_runner.py")
     code = textwrap.dedent(f"""
         import runpy, sys
-        sys.argv = ["litert_runner.py", {float32_tflite!r}, *{paths!r}, "--out", {str(tmp_path / "out")!r}, "--raw"]
+        sys.argv = ["litert_runner.py", {float32_tflite!r}, *{paths!r}, \
+"--out", {str(tmp_path / "out")!r}, "--raw"]
         try:
             runpy.run_path({runner!r}, run_name="__main__")
         except SystemExit as exc:

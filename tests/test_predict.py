@@ -123,7 +123,8 @@ def test_autolabel_marks_low_confidence_and_loads_as_folder_dataset(run_dir, tin
         assert (pseudo / "train" / "images" / f"{stem}.png").is_file()
     stats = json.loads((pseudo / "autolabel.json").read_text())
     assert len(stats["images"]) == 2 and stats["confidence"] == pytest.approx(threshold)
-    # ... and it is a folder dataset the pipeline reads (the trainer mixes it in via pseudo_label_dir)
+    # ... and it is a folder dataset the pipeline reads (the trainer mixes it in via
+    # pseudo_label_dir)
     cfg = DataConfig(dataset="folder", data_dir=str(pseudo))
     assert get_dataset_info(cfg).num_classes == K
     labels = [y.numpy()[0] for _, y in build_dataset(cfg, "train", training=False, batch_size=1)]

@@ -57,7 +57,8 @@ def run_folder(model_dir) -> str:
 
 def run_configs(tool: Tool, model_dir=None):
     """``(DataConfig, TrainConfig, found)``: the run's configs (``found``: a config.json was
-    read) with the explicitly given recipe flags applied. Raises UsageError for a bad config.json."""
+    read) with the explicitly given recipe flags applied. Raises UsageError for a bad
+    config.json."""
     from hmsa_keras.config import read_run_config
 
     data_base = train_base = None

@@ -44,7 +44,8 @@ def main(argv):
             print(line)
     fresh = result["fresh"]
     print(
-        f"{result['kind']} checkpoint: {len(result['mapped'])} tensors mapped, {len(result['unused'])} unused, "
+        f"{result['kind']} checkpoint: {len(result['mapped'])} tensors mapped, "
+        f"{len(result['unused'])} unused, "
         f"{len(fresh)} layers at their initialisation"
         + (f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else "")
     )

@@ -3,7 +3,8 @@
     hmsa-eval --model_dir=runs/qs --scales=0.5,1.0,2.0 --flip
     hmsa-eval --model_dir=runs/qs --sweep="1.0;0.5,1.0;0.5,1.0,2.0"
     hmsa-eval --flagfile=flags/quickstart.cfg                 (the recipe's run, dataset and chain)
-    hmsa-eval --saved_model=exported/saved_model --dataset=camvid --data_dir=data/camvid --split=test
+    hmsa-eval --saved_model=exported/saved_model --dataset=camvid --data_dir=data/camvid \\
+              --split=test
     hmsa-eval --model_dir=runs/cs --dataset=cityscapes --data_dir=$CITYSCAPES \\
               --cityscapes_submission_dir=results/cs_val
     hmsa-eval --model_dir=runs/big --tile_size=512x1024          (images too large for memory)

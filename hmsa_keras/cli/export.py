@@ -1,8 +1,9 @@
 """hmsa-export: SavedModel (TF Serving) and TFLite (LiteRT) files from a trained model.
 
     hmsa-export --model_dir=runs/quickstart --output_dir=exported            (the run's chain)
-    hmsa-export --model_dir=runs/quickstart/best.keras --output_dir=exported --scales=0.5,1.0,2.0 --flip \\
-                --variants=saved_model,float32,full_int8 --fixed_size=512x1024 --calibration_images=32
+    hmsa-export --model_dir=runs/quickstart/best.keras --output_dir=exported \\
+                --scales=0.5,1.0,2.0 --flip --variants=saved_model,float32,full_int8 \\
+                --fixed_size=512x1024 --calibration_images=32
 
 Writes ``<serving_name>/<serving_version>/`` (the SavedModel in TF Serving's layout, with
 warm-up requests; signatures ``serving_default``, ``with_details``, ``segment_with_scales``,
@@ -63,7 +64,8 @@ def main(argv):
             raise usage(
                 "float_ops",
                 f"unknown TFLite op type(s) {bad}; use builtin names such as "
-                "RESIZE_BILINEAR, CONV_2D, LOGISTIC (the report of --int8_sweep lists those of the model)",
+                "RESIZE_BILINEAR, CONV_2D, LOGISTIC (the report of --int8_sweep lists those of "
+                "the model)",
             )
 
     import hmsa_keras

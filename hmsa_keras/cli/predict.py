@@ -1,9 +1,10 @@
 """hmsa-predict: segment images (files, folders or globs) and write what you ask for.
 
     hmsa-predict --model_dir=runs/qs --input=street.png --output_dir=out --scales=0.5,1.0,2.0 --flip
-    hmsa-predict --model_dir=runs/qs --input='photos/*.jpg' --output_dir=out --save_raw --save_probs \\
-                 --save_attention
-    hmsa-predict --model_dir=runs/qs --input=huge.png --output_dir=out --tile_size=1024x1024 --tile_overlap=256
+    hmsa-predict --model_dir=runs/qs --input='photos/*.jpg' --output_dir=out --save_raw \\
+                 --save_probs --save_attention
+    hmsa-predict --model_dir=runs/qs --input=huge.png --output_dir=out --tile_size=1024x1024 \\
+                 --tile_overlap=256
 
 Per image ``<stem>``: ``<stem>_color.png`` (colourised classes) and ``<stem>_overlay.png``
 (unless ``--novisualize``); ``--save_raw``: ``<stem>_label.png`` (class ids, uint8);
@@ -13,7 +14,8 @@ Per image ``<stem>``: ``<stem>_color.png`` (colourised classes) and ``<stem>_ove
 
 Auto-labelling (``hmsa-autolabel`` is the same tool without the visualisations):
 
-    hmsa-autolabel --model_dir=runs/teacher --input=unlabelled/ --pseudo_label_dir=pseudo --confidence=0.5
+    hmsa-autolabel --model_dir=runs/teacher --input=unlabelled/ --pseudo_label_dir=pseudo \\
+                   --confidence=0.5
 
 writes a folder dataset (hmsa_keras/data/folder.py, PseudoLabelWriter); train with
 ``hmsa-train --pseudo_label_dir=pseudo``.

@@ -99,8 +99,8 @@ def tfds_dataset(config, split):
         ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
     except Exception as exc:  # missing zips, unknown split, ...
         raise DataError(
-            f"cityscapes_tfds split {split!r} (data_dir={config.data_dir}, manual_dir={manual_dir}): "
-            f"{exc.__class__.__name__}: {exc}"
+            f"cityscapes_tfds split {split!r} (data_dir={config.data_dir}, "
+            f"manual_dir={manual_dir}): {exc.__class__.__name__}: {exc}"
         ) from None
     try:
         num = int(builder.info.splits[tfds_split].num_examples)

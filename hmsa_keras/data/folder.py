@@ -114,8 +114,8 @@ def pseudo_info(config, main: DatasetInfo) -> DatasetInfo:
     info = read_classes(root, "pseudo")
     if info.class_names != main.class_names:
         raise DataError(
-            f"{os.path.join(root, CLASS_FILE)}: pseudo-label classes {info.class_names} differ from "
-            f"the dataset's {main.class_names}"
+            f"{os.path.join(root, CLASS_FILE)}: pseudo-label classes {info.class_names} "
+            f"differ from the dataset's {main.class_names}"
         )
     return info
 

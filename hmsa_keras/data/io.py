@@ -174,7 +174,8 @@ def read_label_with_notes(path: str) -> Tuple[np.ndarray, FileNotes]:
             if mode not in LABEL_MODES:
                 raise DataError(
                     f"{path}: label file has mode {mode!r}; expected a single-channel "
-                    "8/16-bit or palette PNG holding class ids (colour-coded labels are not supported)"
+                    "8/16-bit or palette PNG holding class ids (colour-coded labels are not "
+                    "supported)"
                 )
             shown, orientation = upright(img)
             arr = np.asarray(shown)
@@ -320,7 +321,8 @@ def pair_by_stem(
     label_ext: str = ".png",
     image_suffix: str = "",
 ):
-    """Pair ``image_dir/<stem><image_suffix>.<ext>`` with ``label_dir/<stem><label_suffix><label_ext>``.
+    """Pair ``image_dir/<stem><image_suffix>.<ext>`` with
+    ``label_dir/<stem><label_suffix><label_ext>``.
 
     Returns (pairs, problems): problems name images without labels and labels
     without images.
@@ -350,7 +352,8 @@ def pair_by_stem(
             pairs.append((path, labels[stem]))
         else:
             problems.append(
-                f"{path}: no label file (expected {os.path.join(label_dir, stem + label_suffix + label_ext)})"
+                f"{path}: no label file "
+                f"(expected {os.path.join(label_dir, stem + label_suffix + label_ext)})"
             )
     for stem in sorted(set(labels) - set(images)):
         problems.append(f"{labels[stem]}: label file has no image in {image_dir}")

@@ -248,7 +248,8 @@ def _centroid_tensors(config, split, source, num_classes):
     present = np.nonzero(cents.counts > 0)[0].astype(np.int32)
     if present.size == 0:
         raise DataError(
-            f"{config.dataset} split {split!r}: no labelled pixels, class-uniform sampling impossible"
+            f"{config.dataset} split {split!r}: no labelled pixels, "
+            "class-uniform sampling impossible"
         )
     return (
         tf.constant(cents.table, tf.int32),

@@ -31,7 +31,8 @@ CACHE_VERSION = 2  # 2: label files are read as displayed (EXIF orientation appl
 
 @dataclasses.dataclass
 class Centroids:
-    """Candidate crop centres grouped by class: ``table[offsets[c]:offsets[c+1]]`` rows (index, y, x)."""
+    """Candidate crop centres grouped by class: ``table[offsets[c]:offsets[c+1]]`` rows
+    (index, y, x)."""
 
     table: np.ndarray  # int32 [N, 3]
     offsets: np.ndarray  # int64 [K + 1]
@@ -106,7 +107,8 @@ def fingerprint(label_paths: Sequence[str], lut: Optional[np.ndarray], tile: int
 
 
 def cache_directory(config) -> str:
-    """Where centroid caches go: ``config.cache_dir``, else ``~/.cache/hmsa_keras``; created if needed.
+    """Where centroid caches go: ``config.cache_dir``, else ``~/.cache/hmsa_keras``; created if
+    needed.
 
     The default deliberately never writes into the data directory: data is
     often shared and meant read-only, and permission bits do not stop root.

@@ -168,7 +168,8 @@ def export_model(
         if float_ops == ("auto",):
             float_ops = choose_float_ops(sweep, int8_target)
             echo(
-                f"--float_ops=auto: {','.join(float_ops) or 'none'} (target {100 * int8_target:.1f}% agreement "
+                f"--float_ops=auto: {','.join(float_ops) or 'none'} "
+                f"(target {100 * int8_target:.1f}% agreement "
                 f"at {eval_set.sizes().get('deploy', eval_set.sizes().get('val', '?'))})\n"
             )
     for variant in [v for v in variants if v != "saved_model"]:

@@ -206,7 +206,8 @@ def decode_tensor(data: bytes) -> np.ndarray:
 
 
 def encode_model_spec(model: str, signature: str = "serving_default", version=None) -> bytes:
-    """``tensorflow.serving.ModelSpec``: name (1), version (2, an Int64Value), signature_name (3)."""
+    """``tensorflow.serving.ModelSpec``: name (1), version (2, an Int64Value),
+    signature_name (3)."""
     spec = _field(1, model.encode()) + _field(3, signature.encode())
     if version is not None:
         spec += _field(2, _int_field(1, int(version)))
@@ -214,7 +215,8 @@ def encode_model_spec(model: str, signature: str = "serving_default", version=No
 
 
 def encode_predict_request(model: str, signature: str, inputs: dict, version=None) -> bytes:
-    """``tensorflow.serving.PredictRequest``: model_spec (1), inputs (2, map<string, TensorProto>)."""
+    """``tensorflow.serving.PredictRequest``: model_spec (1), inputs
+    (2, map<string, TensorProto>)."""
     body = _field(1, encode_model_spec(model, signature, version))
     for name, value in inputs.items():
         entry = _field(1, name.encode()) + _field(2, encode_tensor(value))
@@ -246,7 +248,8 @@ def decode_predict_request(data: bytes):
 
 
 def encode_predict_response(outputs: dict, model: str = "", signature: str = "") -> bytes:
-    """``tensorflow.serving.PredictResponse``: outputs (1, map<string, TensorProto>), model_spec (2)."""
+    """``tensorflow.serving.PredictResponse``: outputs (1, map<string, TensorProto>),
+    model_spec (2)."""
     body = b""
     for name, value in outputs.items():
         body += _field(1, _field(1, name.encode()) + _field(2, encode_tensor(value)))
@@ -346,7 +349,8 @@ def main(argv=None):
     else:
         classes = client.segment(image_io.read_image(args.image), args.signature)
     print(
-        f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, classes {np.unique(classes).tolist()}"
+        f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, "
+        f"classes {np.unique(classes).tolist()}"
     )
     if args.out:
         from PIL import Image

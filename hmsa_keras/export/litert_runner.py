@@ -362,7 +362,8 @@ def main(argv=None):
         Image.fromarray(picture).save(out)
         found = np.unique(classes)
         print(
-            f"{path} -> {out} ({image.shape[0]}x{image.shape[1]}, {elapsed * 1000:.0f} ms, classes {found.tolist()})"
+            f"{path} -> {out} ({image.shape[0]}x{image.shape[1]}, {elapsed * 1000:.0f} ms, "
+            f"classes {found.tolist()})"
         )
     return 0
 

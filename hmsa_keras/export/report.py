@@ -60,7 +60,8 @@ def sample_images(data_cfg, split, count, training):
 
 
 def resize_image(image, size):
-    """PIL bilinear resize to ``size`` = (h, w) (what the LiteRT runner does for fixed-size models)."""
+    """PIL bilinear resize to ``size`` = (h, w) (what the LiteRT runner does for fixed-size
+    models)."""
     from PIL import Image
 
     if tuple(image.shape[:2]) == tuple(size):

@@ -121,8 +121,8 @@ def min_size_message(height, width, scale, name="images"):
             tf.strings.as_string(scaled[1]),
             " at scale ",
             s,
-            f": every side must be at least {conventions.MIN_SIDE} pixels at every scale of the chain, i.e. at "
-            "least ",
+            f": every side must be at least {conventions.MIN_SIDE} pixels at every scale of the "
+            "chain, i.e. at least ",
             tf.strings.as_string(need),
             " pixels at scale ",
             s,
@@ -185,8 +185,8 @@ def decode_images(image_bytes):
         same = tf.debugging.Assert(
             tf.reduce_all(tf.equal(shapes, shapes[0])),
             [
-                "`image_bytes`: the images of one request must share a size (send one image per request); "
-                "got [height, width, channels] =",
+                "`image_bytes`: the images of one request must share a size "
+                "(send one image per request); got [height, width, channels] =",
                 shapes,
             ],
             summarize=64,
@@ -653,8 +653,10 @@ def export_serving(
     base_path = os.path.abspath(os.path.join(base_dir, str(name)))
     with open(os.path.join(base_dir, "models.config"), "w") as f:
         f.write(
-            f"# tensorflow_model_server --model_config_file=models.config (written by hmsa-export;\n"
-            f"# base_path must be the absolute path the server sees, e.g. /models/{name} in Docker)\n"
+            f"# tensorflow_model_server --model_config_file=models.config "
+            f"(written by hmsa-export;\n"
+            f"# base_path must be the absolute path the server sees, "
+            f"e.g. /models/{name} in Docker)\n"
             f'model_config_list {{\n  config {{\n    name: "{name}"\n    base_path: "{base_path}"\n'
             f'    model_platform: "tensorflow"\n  }}\n}}\n'
         )
@@ -688,8 +690,8 @@ def resolve_saved_model_dir(path):
         if len(models) == 1:
             return os.path.join(path, models[0], str(versions(os.path.join(path, models[0]))[-1]))
     raise FileNotFoundError(
-        f"{path!r} is not a SavedModel directory (no saved_model.pb), nor a TF Serving model folder with "
-        "numbered versions (<name>/<version>/saved_model.pb)"
+        f"{path!r} is not a SavedModel directory (no saved_model.pb), nor a TF Serving model "
+        "folder with numbered versions (<name>/<version>/saved_model.pb)"
     )
 
 

@@ -178,7 +178,8 @@ def main(argv=None):
         )
     classes = classes_of(outputs)
     print(
-        f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, classes {np.unique(classes).tolist()}; "
+        f"{args.image}: {classes.shape[0]}x{classes.shape[1]} class map, "
+        f"classes {np.unique(classes).tolist()}; "
         f"request {sent / 1e6:.2f} MB, response {received / 1e6:.2f} MB"
     )
     if args.out:

@@ -389,15 +389,18 @@ def main(argv=None):
     )[0]
     rows = measure(args.saved_model, image, rounds=args.rounds)
     print(
-        f"{'transport':<24} {'signature':<20} {'request':>10} {'response':>10} {'median':>9} {'overhead':>9}"
+        f"{'transport':<24} {'signature':<20} {'request':>10} {'response':>10} "
+        f"{'median':>9} {'overhead':>9}"
     )
     for r in rows:
         print(
             f"{r['transport']:<24} {r['signature']:<20} {r['request_bytes'] / 1e6:>8.2f}MB "
-            f"{r['response_bytes'] / 1e6:>8.2f}MB {1000 * r['median_s']:>7.0f}ms {1000 * r['overhead_s']:>7.0f}ms"
+            f"{r['response_bytes'] / 1e6:>8.2f}MB {1000 * r['median_s']:>7.0f}ms "
+            f"{1000 * r['overhead_s']:>7.0f}ms"
         )
     print(
-        f"(image {size[0]}x{size[1]}, PNG {rows[0]['png_bytes'] / 1e6:.2f} MB; {args.rounds} interleaved rounds, "
+        f"(image {size[0]}x{size[1]}, PNG {rows[0]['png_bytes'] / 1e6:.2f} MB; "
+        f"{args.rounds} interleaved rounds, "
         "medians; loopback, TensorFlow's loader behind the emulator)"
     )
     return 0

@@ -93,9 +93,9 @@ def native_dilation(dtype=tf.float32) -> bool:
 def dilated_conv2d(x, kernel, rate, native=None):
     """SAME, stride-1 NHWC convolution with dilation ``rate`` (h, w) and the fast gradients.
 
-    ``native`` (default :func:`native_dilation` of ``x``'s dtype): the forward pass and the input gradient
-    are TensorFlow's dilated ``Conv2D`` / ``Conv2DBackpropInput`` ops, which oneDNN runs
-    directly and which skip the kernel taps that only read padding. Not
+    ``native`` (default :func:`native_dilation` of ``x``'s dtype): the forward pass and the input
+    gradient are TensorFlow's dilated ``Conv2D`` / ``Conv2DBackpropInput`` ops, which oneDNN
+    runs directly and which skip the kernel taps that only read padding. Not
     ``tf.nn.convolution``: for a dilation it goes through SpaceToBatch -> Conv2D ->
     BatchToSpace, which pads the map to a multiple of the rate and convolves ``rate**2``
     tiny images; a ResNet-50 ASPP branch at rate 36 on a 32x64 map took 22x the native time

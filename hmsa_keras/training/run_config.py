@@ -58,7 +58,8 @@ class RunConfig:
 
     @classmethod
     def read(cls, model_dir: str) -> "RunConfig":
-        """The RunConfig a run wrote to ``model_dir/config.json`` (FileNotFoundError, ValueError)."""
+        """The RunConfig a run wrote to ``model_dir/config.json`` (FileNotFoundError,
+        ValueError)."""
         sections = read_config_file(os.path.join(model_dir, "config.json"))
         missing = [
             c for c in ("ModelConfig", "DataConfig", "TrainConfig", "Resolved") if c not in sections

@@ -1,1 +1,2 @@
-"""Driver scripts the training tests launch in fresh interpreters (TF device setup must come first)."""
+"""Driver scripts the training tests launch in fresh interpreters (TF device setup must come
+first)."""
