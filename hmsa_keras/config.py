@@ -95,7 +95,7 @@ class ModelConfig:
     low_level_channels: int = option(48, "Channels the stride-4 trunk features are projected to.",
                                      lower=1)
     attention_head: str = option("conv", "Attention head: 'conv' (the reference's) or 'deconv' "
-                                 "(transposed convolutions, a student report's variant).",
+                                 "(transposed convolutions, an alternative head).",
                                  choices=ATTENTION_HEADS)
     attention_channels: int = option(256, "Channels of the attention head (the reference: 256; 64 "
                                      "makes HMSA training ~1.30x single-scale FLOPs).", lower=1)
