@@ -128,7 +128,7 @@ class ModelConfig:
     attention_head: str = option(
         "conv",
         "Attention head: 'conv' (the reference's) or 'deconv' "
-        "(transposed convolutions, a student report's variant).",
+        "(transposed convolutions, an alternative head).",
         choices=ATTENTION_HEADS,
     )
     attention_channels: int = option(

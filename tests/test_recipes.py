@@ -36,7 +36,7 @@ _TRAIN = dict(momentum=0.9, weight_decay=1e-4, weight_decay_mode="coupled",
 _HRNET_OCR = dict(trunk="hrnetv2_w48", head="ocr", hrnet_width=48, ocr_mid_channels=512,
                   ocr_key_channels=256, ocr_dropout=0.05, aux_head=True, aux_weight=0.4,
                   fusion="hierarchical", train_scales=(0.5, 1.0), init_from=SET)
-REFERENCE = {
+REFERENCE_RECIPES = {
     "train_cityscapes.yml": dict(
         _TRAIN, **_HRNET_OCR, dataset="cityscapes", crop_size=(1024, 2048), batch_size=1,
         reference_batch_size=8, learning_rate=5e-3, lr_power=2.0, epochs=175, loss="rmi",
@@ -55,7 +55,7 @@ REFERENCE = {
         learning_rate=5e-3, lr_power=2.0, epochs=175, loss="ce", scale_loss_weight=0.0,
         blur_prob=0.0, pre_size=None),
 }
-# Config fields this round adds (the lead's schema); defaults as agreed.
+# Config fields added with the recipes, and their defaults.
 NEW_FIELDS = dict(weight_decay_mode="decoupled", lr_schedule_granularity="iteration",
                   init_from=None, head=None, hrnet_width=48, ocr_mid_channels=512,
                   ocr_key_channels=256, ocr_dropout=0.05, pre_size=None, eval_upscale=False)
@@ -168,7 +168,7 @@ def test_header_names_a_reference_recipe_or_none(path):
     recipe = parse(path)
     text = "\n".join(recipe.header)
     if recipe.references:
-        unknown = set(recipe.references) - set(REFERENCE)
+        unknown = set(recipe.references) - set(REFERENCE_RECIPES)
         assert not unknown, f"{path.name}: {unknown} is not a reference recipe this test knows"
         assert REFERENCE_COMMIT in text, f"{path.name}: name the reference commit"
     else:
@@ -184,7 +184,7 @@ def test_reference_recipe_values_match_or_are_listed_deviations(path):
     recipe = parse(path)
     expected = {}
     for name in recipe.references:
-        expected.update(REFERENCE[name])
+        expected.update(REFERENCE_RECIPES[name])
     # the optimiser semantics are not negotiable, and must be written out, not defaulted
     for key in ("weight_decay_mode", "lr_schedule_granularity"):
         assert recipe.flags.get(key) == expected[key], f"{path.name}: needs --{key}={expected[key]}"

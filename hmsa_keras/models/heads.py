@@ -93,7 +93,7 @@ def conv_head(x, layers: LayerFactory, out_channels, prefix, channels=256):
 
 
 def deconv_attention_head(x, layers: LayerFactory, reference, prefix="attn"):
-    """The seed report's head: transposed convolutions 6x6/2->512, 6x6/2->256, 6x6/2->64, 5x5/1->1.
+    """Alternative attention head: transposed convs 6x6/2->512, 6x6/2->256, 6x6/2->64, 5x5/1->1.
 
     Each but the last is followed by BN and LeakyReLU; the output is resized to
     ``reference`` (the decoder features) so it lines up with the segmentation logits.

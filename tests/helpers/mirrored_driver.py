@@ -133,7 +133,8 @@ def equivalence(out_path):
 
 def lso_skip(result):
     """skip_if_any_replica_nonfinite: a non-finite gradient on replica 1 only must make the
-    LossScaleOptimizer skip the step on every replica (REFERENCE s7)."""
+    LossScaleOptimizer skip the step on every replica, so the mirrored variables stay equal
+    (hmsa_keras/training/loop.py: skip_if_any_replica_nonfinite; docs/training.md)."""
     keras.mixed_precision.set_global_policy("float32")
     strategy = mirrored_strategy()
     with strategy.scope():
