@@ -17,8 +17,15 @@ import pytest
 from tests.conftest import REPO
 
 DOCS = [REPO / "README.md", REPO / "export" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-TOOLS = ("hmsa-train", "hmsa-eval", "hmsa-predict", "hmsa-autolabel", "hmsa-export", "hmsa-data",
-         "hmsa-convert")
+TOOLS = (
+    "hmsa-train",
+    "hmsa-eval",
+    "hmsa-predict",
+    "hmsa-autolabel",
+    "hmsa-export",
+    "hmsa-data",
+    "hmsa-convert",
+)
 # absl flags every tool accepts without defining them
 ABSL_BUILTIN = {"flagfile", "help", "helpfull", "helpshort", "helpxml", "undefok"}
 SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", ";;"}
@@ -91,10 +98,14 @@ def documented_commands():
     found = []
     for path in DOCS:
         blocks, prose = _split_fences(path.read_text())
-        snippets = [line for lang, body in blocks if lang != "python"
-                    for line in _shell_lines(body)]
-        snippets += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)
-                     if span.split() and (span.split()[0] in TOOLS or span.startswith("python"))]
+        snippets = [
+            line for lang, body in blocks if lang != "python" for line in _shell_lines(body)
+        ]
+        snippets += [
+            " ".join(span.split())
+            for span in re.findall(r"`([^`]+)`", prose)
+            if span.split() and (span.split()[0] in TOOLS or span.startswith("python"))
+        ]
         for line in snippets:
             for command in _commands_in(line):
                 program = _program(command)
@@ -112,9 +123,15 @@ def documented_commands():
 def _tools():
     from hmsa_keras.cli import convert, data, eval, export, predict, train
 
-    return {"hmsa-train": train.TOOL, "hmsa-eval": eval.TOOL, "hmsa-predict": predict.TOOL,
-            "hmsa-autolabel": predict.AUTOLABEL_TOOL, "hmsa-export": export.TOOL,
-            "hmsa-data": data.TOOL, "hmsa-convert": convert.TOOL}
+    return {
+        "hmsa-train": train.TOOL,
+        "hmsa-eval": eval.TOOL,
+        "hmsa-predict": predict.TOOL,
+        "hmsa-autolabel": predict.AUTOLABEL_TOOL,
+        "hmsa-export": export.TOOL,
+        "hmsa-data": data.TOOL,
+        "hmsa-convert": convert.TOOL,
+    }
 
 
 def _absl_accepts(flag_values, name):
@@ -149,8 +166,13 @@ def test_the_docs_document_commands():
 @pytest.mark.parametrize("tool", TOOLS)
 def test_documented_tool_commands_use_defined_flags(tool):
     flag_values = _tools()[tool].flags
-    wrong = [f"{path}: `{text}`: --{name}" for path, program, text, names in COMMANDS
-             if program == tool for name in names if not _absl_accepts(flag_values, name)]
+    wrong = [
+        f"{path}: `{text}`: --{name}"
+        for path, program, text, names in COMMANDS
+        if program == tool
+        for name in names
+        if not _absl_accepts(flag_values, name)
+    ]
     assert not wrong, "flags the tool does not define:\n" + "\n".join(wrong)
 
 
@@ -255,12 +277,14 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     code = readme_python_snippet()
     head, rest = code.split("# --- settings", 1)
     tail = rest.split("# --- end of settings ---", 1)[1]
-    tiny = (f"RUN = {str(tmp_path / 'run')!r}\n"
-            "DATA = hmsa_keras.DataConfig(dataset='synthetic', synthetic_train_size=4,\n"
-            "                             synthetic_val_size=2, synthetic_image_size=(64, 64),\n"
-            "                             crop_size=(48, 48))\n"
-            f"MODEL = dict({', '.join(f'{k}={v!r}' for k, v in TINY.items())})\n"
-            "BATCH, EPOCHS, STEPS_PER_EPOCH = 2, 1, 2\n")
+    tiny = (
+        f"RUN = {str(tmp_path / 'run')!r}\n"
+        "DATA = hmsa_keras.DataConfig(dataset='synthetic', synthetic_train_size=4,\n"
+        "                             synthetic_val_size=2, synthetic_image_size=(64, 64),\n"
+        "                             crop_size=(48, 48))\n"
+        f"MODEL = dict({', '.join(f'{k}={v!r}' for k, v in TINY.items())})\n"
+        "BATCH, EPOCHS, STEPS_PER_EPOCH = 2, 1, 2\n"
+    )
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(head + tiny + tail, "README.md", "exec"), namespace)

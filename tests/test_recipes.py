@@ -27,54 +27,128 @@ SET = object()  # "must be given" (a path the user supplies)
 # scale_min/max, color_aug, class_uniform_pct / tile, no warm-up), loss/optimizer.py (SGD
 # coupled decay, LambdaLR poly stepped per epoch), torch.distributed.launch on 8 GPUs with
 # --syncbn --apex --fp16.
-_TRAIN = dict(momentum=0.9, weight_decay=1e-4, weight_decay_mode="coupled",
-              lr_schedule_granularity="epoch", warmup_steps=0, scale_min=0.5, scale_max=2.0,
-              hflip=True, color_jitter=0.25, class_uniform_fraction=0.5, class_uniform_tile=1024,
-              strategy="mirrored", precision="mixed_float16", bn_momentum=0.9)
+_TRAIN = dict(
+    momentum=0.9,
+    weight_decay=1e-4,
+    weight_decay_mode="coupled",
+    lr_schedule_granularity="epoch",
+    warmup_steps=0,
+    scale_min=0.5,
+    scale_max=2.0,
+    hflip=True,
+    color_jitter=0.25,
+    class_uniform_fraction=0.5,
+    class_uniform_tile=1024,
+    strategy="mirrored",
+    precision="mixed_float16",
+    bn_momentum=0.9,
+)
 # ocrnet.HRNet_Mscale: HRNetV2-W48 (MODEL.OCR_EXTRA), OCR 512/256, OCR_ALPHA 0.4, training
 # scales MSCALE_LO_SCALE 0.5 and 1.0, hierarchical fusion.
-_HRNET_OCR = dict(trunk="hrnetv2_w48", head="ocr", hrnet_width=48, ocr_mid_channels=512,
-                  ocr_key_channels=256, ocr_dropout=0.05, aux_head=True, aux_weight=0.4,
-                  fusion="hierarchical", train_scales=(0.5, 1.0), init_from=SET)
+_HRNET_OCR = dict(
+    trunk="hrnetv2_w48",
+    head="ocr",
+    hrnet_width=48,
+    ocr_mid_channels=512,
+    ocr_key_channels=256,
+    ocr_dropout=0.05,
+    aux_head=True,
+    aux_weight=0.4,
+    fusion="hierarchical",
+    train_scales=(0.5, 1.0),
+    init_from=SET,
+)
 REFERENCE_RECIPES = {
     "train_cityscapes.yml": dict(
-        _TRAIN, **_HRNET_OCR, dataset="cityscapes", crop_size=(1024, 2048), batch_size=1,
-        reference_batch_size=8, learning_rate=5e-3, lr_power=2.0, epochs=175, loss="rmi",
-        scale_loss_weight=0.05, blur_prob=0.0, pre_size=None),
+        _TRAIN,
+        **_HRNET_OCR,
+        dataset="cityscapes",
+        crop_size=(1024, 2048),
+        batch_size=1,
+        reference_batch_size=8,
+        learning_rate=5e-3,
+        lr_power=2.0,
+        epochs=175,
+        loss="rmi",
+        scale_loss_weight=0.05,
+        blur_prob=0.0,
+        pre_size=None,
+    ),
     "eval_cityscapes.yml": dict(eval_scales=(0.5, 1.0, 2.0), eval_long_edge=None),
     "train_mapillary.yml": dict(
-        _TRAIN, **_HRNET_OCR, dataset="mapillary", pre_size=2177, crop_size=(1024, 1024),
-        batch_size=2, reference_batch_size=16, learning_rate=5e-3, lr_power=1.0, epochs=200,
-        loss="rmi", scale_loss_weight=0.0, blur_prob=1.0),
-    "eval_mapillary.yml": dict(eval_scales=(0.25, 0.5, 1.0, 2.0), eval_long_edge=2177,
-                               eval_upscale=True),
+        _TRAIN,
+        **_HRNET_OCR,
+        dataset="mapillary",
+        pre_size=2177,
+        crop_size=(1024, 1024),
+        batch_size=2,
+        reference_batch_size=16,
+        learning_rate=5e-3,
+        lr_power=1.0,
+        epochs=200,
+        loss="rmi",
+        scale_loss_weight=0.0,
+        blur_prob=1.0,
+    ),
+    "eval_mapillary.yml": dict(
+        eval_scales=(0.25, 0.5, 1.0, 2.0), eval_long_edge=2177, eval_upscale=True
+    ),
     # deepv3.DeepV3PlusW38: single-scale DeepLabV3+ on WideResNet-38, cross-entropy
     "train_cityscapes_deepv3.yml": dict(
-        _TRAIN, dataset="cityscapes", trunk="wrn38", head="deeplabv3plus", aux_head=False,
-        fusion="single", crop_size=(800, 800), batch_size=1, reference_batch_size=8,
-        learning_rate=5e-3, lr_power=2.0, epochs=175, loss="ce", scale_loss_weight=0.0,
-        blur_prob=0.0, pre_size=None),
+        _TRAIN,
+        dataset="cityscapes",
+        trunk="wrn38",
+        head="deeplabv3plus",
+        aux_head=False,
+        fusion="single",
+        crop_size=(800, 800),
+        batch_size=1,
+        reference_batch_size=8,
+        learning_rate=5e-3,
+        lr_power=2.0,
+        epochs=175,
+        loss="ce",
+        scale_loss_weight=0.0,
+        blur_prob=0.0,
+        pre_size=None,
+    ),
 }
 # Config fields added with the recipes, and their defaults.
-NEW_FIELDS = dict(weight_decay_mode="decoupled", lr_schedule_granularity="iteration",
-                  init_from=None, head=None, hrnet_width=48, ocr_mid_channels=512,
-                  ocr_key_channels=256, ocr_dropout=0.05, pre_size=None, eval_upscale=False)
+NEW_FIELDS = dict(
+    weight_decay_mode="decoupled",
+    lr_schedule_granularity="iteration",
+    init_from=None,
+    head=None,
+    hrnet_width=48,
+    ocr_mid_channels=512,
+    ocr_key_channels=256,
+    ocr_dropout=0.05,
+    pre_size=None,
+    eval_upscale=False,
+)
 CLI_ONLY = dict(head_channels=256, export_dir=None, export_scales=(0.5, 1.0))
 
 
 def _defaults():
     """Every known flag name -> default: the config schema's fields, then the names above
     for fields the schema does not have yet."""
-    out = {f.name: f.default for cls in (ModelConfig, DataConfig, TrainConfig)
-           for f in dataclasses.fields(cls)}
+    out = {
+        f.name: f.default
+        for cls in (ModelConfig, DataConfig, TrainConfig)
+        for f in dataclasses.fields(cls)
+    }
     for name, value in {**NEW_FIELDS, **CLI_ONLY}.items():
         out.setdefault(name, value)
     return out
 
 
 DEFAULTS = _defaults()
-MULTI = {f.name for cls in (ModelConfig, DataConfig, TrainConfig) for f in dataclasses.fields(cls)
-         if f.metadata.get("kind") == "multi"}
+MULTI = {
+    f.name
+    for cls in (ModelConfig, DataConfig, TrainConfig)
+    for f in dataclasses.fields(cls)
+    if f.metadata.get("kind") == "multi"
+}
 
 
 def _value(text):
@@ -121,11 +195,16 @@ def parse(path):
         assert m, f"{path.name}:{n}: not a --flag[=value] line: {line!r}"
         name, value = m.group(1), m.group(2)
         if value is None:
-            name, value = (name[2:], False) if name.startswith("no") and name[2:] in DEFAULTS \
+            name, value = (
+                (name[2:], False)
+                if name.startswith("no") and name[2:] in DEFAULTS
                 else (name, True)
+            )
         else:
             value = _value(value)
-        if name in MULTI:  # repeatable flags (--freeze=trunk --freeze=seg_head) collect their values
+        if (
+            name in MULTI
+        ):  # repeatable flags (--freeze=trunk --freeze=seg_head) collect their values
             flags[name] = flags.get(name, ()) + (value,)
             continue
         assert name not in flags, f"{path.name}:{n}: --{name} given twice"
@@ -147,8 +226,12 @@ def parse(path):
 
 def _same(a, b):
     if isinstance(a, tuple) or isinstance(b, tuple):
-        return isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) \
+        return (
+            isinstance(a, tuple)
+            and isinstance(b, tuple)
+            and len(a) == len(b)
             and all(float(x) == float(y) for x, y in zip(a, b))
+        )
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -172,14 +255,18 @@ def test_header_names_a_reference_recipe_or_none(path):
         assert not unknown, f"{path.name}: {unknown} is not a reference recipe this test knows"
         assert REFERENCE_COMMIT in text, f"{path.name}: name the reference commit"
     else:
-        assert re.search(r"# Reference recipe: none \(.+", text), \
+        assert re.search(r"# Reference recipe: none \(.+", text), (
             f"{path.name}: say why there is no reference recipe"
+        )
     unknown_flags = set(recipe.flags) - set(DEFAULTS)
     assert not unknown_flags, f"{path.name}: unknown flag(s) {sorted(unknown_flags)}"
 
 
-@pytest.mark.parametrize("path", [p for p in RECIPES if parse(p).references],
-                         ids=[p.stem for p in RECIPES if parse(p).references])
+@pytest.mark.parametrize(
+    "path",
+    [p for p in RECIPES if parse(p).references],
+    ids=[p.stem for p in RECIPES if parse(p).references],
+)
 def test_reference_recipe_values_match_or_are_listed_deviations(path):
     recipe = parse(path)
     expected = {}
@@ -197,8 +284,10 @@ def test_reference_recipe_values_match_or_are_listed_deviations(path):
             wrong.append(f"--{key}={got!r} (reference {'a path' if want is SET else repr(want)})")
         if ok and key in recipe.deviations:
             stale.append(key)
-    assert not wrong, (f"{path.name}: differs from {recipe.references} without a listed "
-                       "deviation: " + "; ".join(wrong))
+    assert not wrong, (
+        f"{path.name}: differs from {recipe.references} without a listed "
+        "deviation: " + "; ".join(wrong)
+    )
     assert not stale, f"{path.name}: lists {stale} as deviations but matches the reference there"
     # the global batch the LR is quoted at is the reference's (per-replica batch x 8 GPUs)
     assert recipe.get("reference_batch_size") == recipe.get("batch_size") * 8

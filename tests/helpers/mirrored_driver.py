@@ -1,6 +1,6 @@
 """MirroredStrategy over 2 logical CPUs vs one device, on the same global batch.
 
-    python mirrored_driver.py equivalence OUT.npz   # custom loop + model.fit, SyncBN, float32 overfit
+    python mirrored_driver.py equivalence OUT.npz   # custom loop + fit, SyncBN, float32 overfit
     python mirrored_driver.py precision OUT.npz     # bf16 / fp16 / fp16 x 2 replicas + LSO skip
 
 Writes its measurements to OUT.npz; the tests assert on them.
@@ -19,7 +19,9 @@ import numpy as np  # noqa: E402
 
 from hmsa_keras import build_model  # noqa: E402
 from hmsa_keras.training.loop import (  # noqa: E402
-    make_train_function, skip_if_any_replica_nonfinite)
+    make_train_function,
+    skip_if_any_replica_nonfinite,
+)
 from hmsa_keras.training.optimizer import build_optimizer  # noqa: E402
 
 DEVICES = ["/cpu:0", "/cpu:1"]
@@ -35,16 +37,17 @@ def mirrored_strategy():
 
 
 def batch(size, global_batch, num_classes=4):
-    """A fixed global batch whose halves (one per replica) differ in statistics and #valid pixels."""
+    """A fixed global batch whose halves (one per replica) differ in statistics and in the
+    number of valid pixels."""
     rng = np.random.default_rng(0)
     images = rng.standard_normal((global_batch, size, size, 3)).astype(np.float32)
-    images[global_batch // 2:] += 1.5
+    images[global_batch // 2 :] += 1.5
     # learnable, unbalanced layout (top / bottom-left / bottom-right) with 10% noise of class 3
     yy, xx = np.mgrid[:size, :size]
     layout = np.where(yy < size // 2, 0, np.where(xx < size // 2, 1, 2))
     labels = np.broadcast_to(layout, (global_batch, size, size)).astype(np.int32)
     labels = np.where(rng.random(labels.shape) < 0.1, num_classes - 1, labels).astype(np.int32)
-    second = labels[global_batch // 2:]
+    second = labels[global_batch // 2 :]
     second[rng.random(second.shape) < 0.5] = 255
     return images, labels
 
@@ -112,8 +115,13 @@ def equivalence(out_path):
     w_mloop = model.get_weights()
     result["mirrored_logs"] = json.dumps(mlogs[0])
     result["bn_mirrored_replicas"] = np.stack(
-        [v.numpy() for v in mirrored.experimental_local_results(
-            find_layer(model.network, "bn_Conv1").moving_mean.value)])
+        [
+            v.numpy()
+            for v in mirrored.experimental_local_results(
+                find_layer(model.network, "bn_Conv1").moving_mean.value
+            )
+        ]
+    )
     timings["mirrored_loop"] = time.time() - t
 
     t = time.time()
@@ -155,16 +163,21 @@ def lso_skip(result):
             grads = skip_if_any_replica_nonfinite(grads, opt)
             opt.apply_gradients(zip(grads, [w]))
             return grads[0]
+
         return strategy.run(replica_fn)
 
     before = np.stack([v.numpy() for v in strategy.experimental_local_results(w.value)])
     grads = step(tf.constant(1))
     after = np.stack([v.numpy() for v in strategy.experimental_local_results(w.value)])
-    result["lso_poisoned_grads"] = np.stack([g.numpy() for g in strategy.experimental_local_results(grads)])
+    result["lso_poisoned_grads"] = np.stack(
+        [g.numpy() for g in strategy.experimental_local_results(grads)]
+    )
     result["lso_before"], result["lso_after_bad"] = before, after
     result["lso_scale_after_bad"] = float(opt.dynamic_scale.numpy())
     step(tf.constant(-1))  # no replica poisoned: a normal step everywhere
-    result["lso_after_good"] = np.stack([v.numpy() for v in strategy.experimental_local_results(w.value)])
+    result["lso_after_good"] = np.stack(
+        [v.numpy() for v in strategy.experimental_local_results(w.value)]
+    )
 
 
 def precision(out_path):
@@ -175,13 +188,20 @@ def precision(out_path):
     # float16 until the dynamic loss scale has dropped to ~64 (more than these few steps)
     images, labels = batch(64, 4)
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat()
-    for tag, prec, strategy in (("mixed_bfloat16", "mixed_bfloat16", tf.distribute.get_strategy()),
-                                ("mixed_float16", "mixed_float16", tf.distribute.get_strategy()),
-                                ("mixed_float16_x2", "mixed_float16", mirrored)):
+    for tag, prec, strategy in (
+        ("mixed_bfloat16", "mixed_bfloat16", tf.distribute.get_strategy()),
+        ("mixed_float16", "mixed_float16", tf.distribute.get_strategy()),
+        ("mixed_float16_x2", "mixed_float16", mirrored),
+    ):
         t = time.time()
         # as the trainer: SyncBN only with more than one replica
-        model = make(strategy, 0.005, precision=prec, aux_head=False,
-                     sync_bn=strategy.num_replicas_in_sync > 1)
+        model = make(
+            strategy,
+            0.005,
+            precision=prec,
+            aux_head=False,
+            sync_bn=strategy.num_replicas_in_sync > 1,
+        )
         # float16: the dynamic loss scale starts at 2**15 and halves on each overflowing step;
         # here it settles after ~4 skipped steps, so give it 10
         logs = steps(model, strategy, ds, 10 if prec == "mixed_float16" else 6)
