@@ -1,4 +1,4 @@
-"""Quiet, readable console output (issue 13): plain progress lines when stdout is not a
+"""Quiet, readable console output: plain progress lines when stdout is not a
 terminal, TensorFlow's INFO lines hidden unless --verbosity=1."""
 
 import io

@@ -1,4 +1,4 @@
-"""hmsa-convert (issue 15): checkpoint kinds, the written run directory, and the errors for a
+"""hmsa-convert: checkpoint kinds, the written run directory, and the errors for a
 wrong architecture, a truncated file or a wrong class count. Uses the golden HRNet-OCR
 state_dict (tests/goldens); no PyTorch needed (the .pth tests skip without it)."""
 

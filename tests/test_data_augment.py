@@ -153,7 +153,7 @@ def test_eval_resize_long_edge():
     assert y.shape == (64, 80)
 
 
-# ------------------------------------------------------------ reference recipe features (issue 19)
+# ------------------------------------------------------------ reference recipe features
 def _scale_crop(image, label, crop, scale, pre_size=None, seed=(0, 9)):
     x, y, valid = aug.scale_crop(
         tf.constant(image),

@@ -1,4 +1,4 @@
-"""HRNetV2 + OCR (issue 15): shapes, the OCR layers against NumPy, parity with the reference
+"""HRNetV2 + OCR: shapes, the OCR layers against NumPy, parity with the reference
 through the committed golden (tests/goldens, made by make_hrnet_ocr_golden.py from
 NVIDIA/semantic-segmentation in PyTorch), freezing, training and export."""
 
@@ -11,7 +11,7 @@ from hmsa_keras.models.hrnet import build_hrnet, hrnet_channels
 from hmsa_keras.models.ocr import ObjectAttention, SpatialGather
 from tests.goldens import compare_hrnet_ocr as C
 
-TOL = 1e-4  # issue 15: max abs difference to the reference, float32
+TOL = 1e-4  # max abs difference to the reference, float32
 TINY_OCR = dict(
     num_classes=3,
     trunk="hrnetv2_w48",

@@ -1,4 +1,4 @@
-"""Robust input (issue 13): one image reader, one array contract, one minimum-size rule,
+"""Robust input: one image reader, one array contract, one minimum-size rule,
 dataset versions and evaluation batching. Every input is built here with PIL/NumPy.
 
 The cases of the issue: 16-bit grey images (1), EXIF orientation (2), float/16-bit arrays (3),

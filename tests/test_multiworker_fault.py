@@ -1,4 +1,4 @@
-"""A killed worker in multi-worker training (issue 13): two ``hmsa-train`` workers on
+"""A killed worker in multi-worker training: two ``hmsa-train`` workers on
 127.0.0.1 (tests/helpers/fault_driver.py, the real command-line tool), one killed with
 SIGKILL mid-epoch. The survivor must not hang: it exits with status 4 and one message naming
 the lost peer and the checkpoint to resume from. Restarting both with the same commands

@@ -1,4 +1,4 @@
-"""Weight-decay semantics and LR-schedule granularity (issue 19), checked step by step.
+"""Weight-decay semantics and LR-schedule granularity, checked step by step.
 
 - ``coupled`` + ``epoch`` against a PyTorch golden (``tests/goldens/sgd_torch_poly.npz``, made
   once by ``tests/goldens/make_sgd_goldens.py`` with ``torch.optim.SGD`` + ``LambdaLR`` poly,

@@ -1,4 +1,4 @@
-"""The speed-ups of issue 17 keep the numerics: every rewritten op against NumPy, and the
+"""The speed-ups keep the numerics: every rewritten op against NumPy, and the
 training gradients of a model with the fast path against the same model without it
 (within 1e-5 relative: float32 summation order only). Fast tests (tiny shapes)."""
 

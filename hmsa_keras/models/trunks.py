@@ -138,7 +138,7 @@ def build_trunk(
     """Builds a dilated trunk: normalised image -> [stride-4 features, final features]."""
     if trunk not in TRUNKS:
         raise ValueError(f"Unknown trunk {trunk!r}; allowed: {', '.join(TRUNKS)}")
-    if trunk == "hrnetv2_w48":  # issue 15: its own builder, with the OCR head
+    if trunk == "hrnetv2_w48":  # its own builder, with the OCR head (models/ocr.py)
         raise ValueError("the hrnetv2_w48 trunk is built by hmsa_keras.models.hrnet.build_hrnet")
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
