@@ -22,6 +22,9 @@ Configs (19 classes, float32, output stride 16, heads 256 channels, SGD momentum
   r50_512x1024   ResNet-50, crop 512x1024, batch 1 (single + hierarchical only: explicit and
                  hierarchical3 would run the network at 1024x2048 and are left out on this 24 GB
                  machine)
+  hrnet_w48_256x512  HRNetV2-W48 + OCR head (reference ``ocrnet.HRNet_Mscale``; its auxiliary
+                 output always on, loss 1.0 fused + 0.4 aux + 0.05 per scale), crop 256x512,
+                 batch 1 (single + hierarchical; not in the default run)
   quickstart     the model of flags/quickstart.cfg: MobileNetV2 alpha 0.35, 64-channel heads,
                  crop 128x128, batch 8 (single + hierarchical)
   tiny           (--quick) MobileNetV2 alpha 0.35, 8-channel heads, crop 64x128, batch 1
@@ -89,6 +92,8 @@ CONFIGS = {
     "quickstart": dict(model=dict(trunk="mobilenetv2", alpha=0.35, aspp_channels=64, decoder_channels=64,
                                   attention_channels=64), crop=(128, 128), batch=8,
                        variants=("single", "hierarchical")),
+    "hrnet_w48_256x512": dict(model=dict(trunk="hrnetv2_w48"), crop=(256, 512), batch=1,
+                              variants=("single", "hierarchical")),
     "tiny": dict(model=dict(trunk="mobilenetv2", alpha=0.35, aspp_channels=8, decoder_channels=8,
                             attention_channels=8, low_level_channels=8), crop=(64, 128), batch=1,
                  variants=("single", "hierarchical", "hierarchical3", "explicit")),

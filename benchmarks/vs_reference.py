@@ -4,6 +4,7 @@
         [--torch_python=/work/venv-torch/bin/python] [--parts=train,infer] [--bf16]
         [--backends=keras,saved_model,tflite] [--rounds=3] [--threads=0] [--quick]
         [--train_size=256x512] [--train_batch=2] [--infer_size=512x1024] [--out_dir=DIR]
+        [--model=deeplab_r50|hrnet_ocr]
 
 The reference is NVIDIA/semantic-segmentation (the comparison in docs/benchmarks.md used
 commit 7726b144c2cc0b8e09c67eabb78f027efdf3f0fa), built from the checkout given by
@@ -18,6 +19,20 @@ output stride 8, DeepLabV3+ head, attention head), 19 classes, random weights.
 
 Ours: ``hmsa_keras.build_model(num_classes=19, trunk="resnet50", output_stride=8,
 aux_head=False)`` (DeepV3R50 has no auxiliary head), random weights.
+
+``--model=hrnet_ocr`` compares the paper's flagship network instead: reference
+``network/ocrnet.py: HRNet_Mscale`` (``MscaleOCR``: HRNetV2-W48 trunk, ``cfg.MODEL.OCR_EXTRA``
+as shipped, OCR head 512/256, attention head 256; ``cfg.MODEL.HRNET_CHECKPOINT`` emptied so
+``init_weights`` loads no ImageNet file; ``cfg.LOSS.OCR_ALPHA`` 0.4 as shipped) against
+``hmsa_keras.build_model(num_classes=19, trunk="hrnetv2_w48")`` (OCR head, its auxiliary
+output always on) compiled with ``aux_weight=0.4``. Training: the reference's
+``two_scale_forward`` loss ``0.4 CE(fused aux) + CE(fused) + 0.05 (CE(U(L_0.5)) + CE(L_1.0))``,
+ours the same terms; batch 1 by default (HRNet-OCR has no image-pooling BatchNorm).
+Inference chain 0.5,1.0 (reference ``N_SCALES``). PyTorch runs with
+``torch.set_flush_denormal(True)`` for this model: the reference's ``init_weights`` (trunk
+convolutions ~ N(0, 0.001), meant to be overwritten by ImageNet weights) drives activations
+into float32 denormals, several times slower on x86, which TensorFlow's thread pools flush to
+zero anyway. The DeepLab defaults are unchanged.
 
 Two worker processes, one per framework (PyTorch runs under ``--torch_python``, e.g. a
 separate venv; ours under the Python running this script, which must import hmsa_keras and
@@ -77,6 +92,13 @@ import common  # noqa: E402  (standard library only at import time)
 NUM_CLASSES = 19
 IGNORE = 255
 CHAIN = (0.5, 1.0, 2.0)
+MODELS = {  # --model: the reference's network, our build_model arguments, inference chain, batch
+    "deeplab_r50": dict(reference="network/mscale.py: DeepV3R50", chain=CHAIN, train_batch=2,
+                        ours=dict(trunk="resnet50", output_stride=8, aux_head=False)),
+    "hrnet_ocr": dict(reference="network/ocrnet.py: HRNet_Mscale", chain=(0.5, 1.0), train_batch=1,
+                      ours=dict(trunk="hrnetv2_w48")),
+}
+OCR_ALPHA = 0.4  # reference cfg.LOSS.OCR_ALPHA: weight of the fused auxiliary (soft region) loss
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
@@ -156,8 +178,9 @@ def install_reference_stand_ins(reference_dir):
     sys.path.insert(0, os.path.abspath(reference_dir))
 
 
-def reference_model(reference_dir, chain):
-    """``network/mscale.py: DeepV3R50`` with ``loss/utils.py: CrossEntropyLoss2d``."""
+def reference_model(reference_dir, chain, model="deeplab_r50"):
+    """``network/mscale.py: DeepV3R50`` (or, ``model="hrnet_ocr"``, ``network/ocrnet.py:
+    HRNet_Mscale``) with ``loss/utils.py: CrossEntropyLoss2d``."""
     import torch
     import torch.nn as nn
 
@@ -170,6 +193,14 @@ def reference_model(reference_dir, chain):
     cfg.MODEL.MSCALE_LO_SCALE = 0.5
     cfg.LOSS.SUPERVISED_MSCALE_WT = SCALE_LOSS_WEIGHT
     cfg.MODEL.N_SCALES = list(chain)  # used by forward() in eval mode only
+    if model == "hrnet_ocr":
+        cfg.MODEL.HRNET_CHECKPOINT = ""  # init_weights: random weights, no ImageNet file
+        cfg.LOSS.OCR_ALPHA = OCR_ALPHA
+        from loss.utils import CrossEntropyLoss2d
+        from network import ocrnet
+
+        torch.manual_seed(0)
+        return ocrnet.HRNet_Mscale(NUM_CLASSES, criterion=CrossEntropyLoss2d(ignore_index=IGNORE))
     import network.Resnet as resnet
 
     build = resnet.resnet50
@@ -188,14 +219,21 @@ class TorchWorker:
         self.torch = torch
         if opts["threads"]:
             torch.set_num_threads(opts["threads"])
+        if opts.get("model") == "hrnet_ocr":
+            # HRNet's init_weights draws trunk convolutions with std 0.001: without ImageNet
+            # weights the eval-mode activations (and some gradients) shrink into float32
+            # denormals, which run many times slower on x86 (64x128 forward: 22 s vs 1.2 s).
+            # TensorFlow's thread pools flush denormals to zero; PyTorch does when asked.
+            torch.set_flush_denormal(True)
         self.opts = opts
-        self.model = reference_model(opts["reference_dir"], CHAIN)
+        self.model = reference_model(opts["reference_dir"], opts["chain"], opts["model"])
         self.runners = {}
 
     def info(self):
         torch = self.torch
         n_params = sum(p.numel() for p in self.model.parameters())
         return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "flush_denormal": self.opts.get("model") == "hrnet_ocr",
                 "interop_threads": torch.get_num_interop_threads(),
                 "mkldnn": torch.backends.mkldnn.is_available(),
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -315,7 +353,7 @@ class OursWorker:
             try:
                 keras.utils.set_random_seed(0)
                 self.models[key] = hmsa_keras.build_model(
-                    num_classes=NUM_CLASSES, trunk="resnet50", output_stride=8, aux_head=False)
+                    num_classes=NUM_CLASSES, **MODELS[self.opts["model"]]["ours"])
             finally:
                 keras.mixed_precision.set_global_policy(previous)
         return self.models[key]
@@ -363,7 +401,7 @@ class OursWorker:
         model = self.model(precision, ablation)
         model.compile(optimizer=build_optimizer(model, LR, total_steps=10 ** 6, momentum=MOMENTUM,
                                                 weight_decay=WEIGHT_DECAY, weight_decay_mode="coupled"),
-                      loss="ce", scale_loss_weight=SCALE_LOSS_WEIGHT)
+                      loss="ce", aux_weight=OCR_ALPHA, scale_loss_weight=SCALE_LOSS_WEIGHT)
         model.optimizer.build(model.trainable_variables)
         h, w = self.opts["train_size"]
         _, images, labels = data(self.opts["train_batch"], h, w)
@@ -382,14 +420,14 @@ class OursWorker:
         if backend == "keras":
             from hmsa_keras.inference import compiled_segment
 
-            fn = compiled_segment(model, CHAIN)
+            fn = compiled_segment(model, self.opts["chain"])
             x = tf.constant(images)
             return (lambda: float(np.mean(fn(x)["classes"].numpy()))), {}
         if backend == "saved_model":
             from hmsa_keras.export import export_saved_model
 
             path = os.path.join(self.work_dir, f"saved_model_{precision}_{ablation}")
-            export_saved_model(model, path, scales=CHAIN)
+            export_saved_model(model, path, scales=self.opts["chain"])
             fn = tf.saved_model.load(path).signatures["serving_default"]
             x = tf.constant(pixels)
             return (lambda: float(np.mean(fn(images=x)["classes"].numpy()))), {}
@@ -397,7 +435,7 @@ class OursWorker:
             from hmsa_keras.export import tflite
             from hmsa_keras.export.saved_model import HMSAExportModule, as_float32
 
-            flat = tflite.convert(HMSAExportModule(as_float32(model), CHAIN, False), "float32",
+            flat = tflite.convert(HMSAExportModule(as_float32(model), self.opts["chain"], False), "float32",
                                   fixed_size=(h, w))
             try:
                 from ai_edge_litert.interpreter import Interpreter
@@ -440,7 +478,7 @@ class OursWorker:
             del loop
         else:
             h, w = self.opts["infer_size"]
-            fn = tf.function(lambda x: model.segment(x, CHAIN)["classes"])
+            fn = tf.function(lambda x: model.segment(x, self.opts["chain"])["classes"])
             specs = (tf.TensorSpec([1, h, w, 3], tf.float32),)
         return common.graph_flops(fn.get_concrete_function(*specs), op_types=common.DENSE_OPS)
 
@@ -727,7 +765,11 @@ def main(argv=None):
                         "avoids OpenMP barrier spinning that slows PyTorch several-fold")
     parser.add_argument("--train_size", default=None, help="HxW (default 256x512; --quick 64x128)")
     parser.add_argument("--train_batch", type=int, default=0,
-                        help="default 2 (the reference's BatchNorm after image pooling needs >= 2)")
+                        help="default 2 (the reference's BatchNorm after image pooling needs >= 2); "
+                        "1 with --model=hrnet_ocr")
+    parser.add_argument("--model", default="deeplab_r50", choices=sorted(MODELS),
+                        help="deeplab_r50: reference DeepV3R50 vs our ResNet-50 OS8 DeepLabV3+ (default); "
+                        "hrnet_ocr: reference ocrnet.HRNet_Mscale vs our HRNetV2-W48 + OCR")
     parser.add_argument("--infer_size", default=None, help="HxW (default 512x1024; --quick 64x128)")
     parser.add_argument("--ablations", default="",
                         help="extra variants of ours with one speed-up off: " + ", ".join(ABLATIONS))
@@ -742,6 +784,7 @@ def main(argv=None):
     if args.worker:
         opts = json.loads(args.worker_opts)
         opts["train_size"], opts["infer_size"] = tuple(opts["train_size"]), tuple(opts["infer_size"])
+        opts["chain"] = tuple(opts["chain"])
         return worker_main(args.worker, opts)
 
     if not args.reference_dir or not os.path.isfile(os.path.join(args.reference_dir, "network", "mscale.py")):
@@ -763,9 +806,11 @@ def main(argv=None):
             parser.error(f"--ablations: unknown {a!r}; choose from {', '.join(ABLATIONS)}")
     rounds = args.rounds or (1 if args.quick else 3)
     warmups = args.warmups or (1 if args.quick else 2)
+    spec = MODELS[args.model]
     opts = {"reference_dir": os.path.abspath(args.reference_dir), "threads": args.threads,
+            "model": args.model, "chain": list(spec["chain"]),
             "train_size": parse_hw(args.train_size or ("64x128" if args.quick else "256x512")),
-            "train_batch": args.train_batch or 2,
+            "train_batch": args.train_batch or spec["train_batch"],
             "infer_size": parse_hw(args.infer_size or ("64x128" if args.quick else "512x1024"))}
     out_dir = args.out_dir or (tempfile.mkdtemp(prefix="hmsa_vs_reference_") if args.quick
                                else str(REPO / "benchmarks" / "results"))
@@ -778,11 +823,10 @@ def main(argv=None):
 
     report = {"benchmark": "vs_reference", "quick": bool(args.quick),
               "reference": {"repository": "NVIDIA/semantic-segmentation", "dir": opts["reference_dir"],
-                            "model": "network/mscale.py: DeepV3R50", "criterion": "CrossEntropyLoss2d"},
-              "ours": {"build_model": dict(num_classes=NUM_CLASSES, trunk="resnet50", output_stride=8,
-                                           aux_head=False), "loss": "ce",
+                            "model": spec["reference"], "criterion": "CrossEntropyLoss2d"},
+              "ours": {"build_model": dict(num_classes=NUM_CLASSES, **spec["ours"]), "loss": "ce",
                        "scale_loss_weight": SCALE_LOSS_WEIGHT},
-              "settings": {**{k: v for k, v in opts.items() if k != "reference_dir"}, "chain": list(CHAIN),
+              "settings": {**{k: v for k, v in opts.items() if k != "reference_dir"},
                            "rounds": rounds, "warmups": warmups, "bf16": bool(args.bf16),
                            "ablations": ablations,
                            "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY}},
