@@ -252,7 +252,9 @@ def test_keras_file_saved_under_jax_loads_under_tensorflow(runs):
         latency_size=None,
         echo=lambda *_: None,
     )
-    agreement = {row["variant"]: row["agreement"] for row in report["artefacts"]}
+    agreement = {  # the Keras model's own row (the reference of the others) has no agreement
+        row["variant"]: row["agreement"] for row in report["artefacts"] if "agreement" in row
+    }
     assert agreement["saved_model"] == 1.0 and agreement["float32"] >= 0.999, agreement
 
 

@@ -129,4 +129,9 @@ def test_training_and_export_log_written_to_a_file_is_readable(tmp_path):
     assert len(progress_lines) == 10, text
     assert any(line.startswith("Epoch 1/1: train_loss=") for line in lines)
     assert any(line.startswith("Exported SavedModel to ") for line in lines)
-    assert len(lines) < 25, text  # nothing else: one line per progress report and per result
+    # then the per-class IoU table of the best model (10 classes + 10 lines), Done, Exported
+    table = text.index("Per-class IoU of best.keras")
+    assert "mIoU" in text[table:] and "mean class accuracy" in text[table:], text[-3000:]
+    before_table = len(text[:table].splitlines())
+    # nothing else: one line per progress report and per result, the table, two last lines
+    assert before_table == 12 and len(lines) <= before_table + 20 + 2, text
