@@ -45,6 +45,7 @@ setup(
             "pytest-timeout>=2.3,<3",
             "cityscapesscripts>=2.2,<3",
             "importlib_resources>=6",
+            "ruff>=0.17,<0.18",  # the README's test command lints first (ruff.toml)
         ],
     },
     entry_points={

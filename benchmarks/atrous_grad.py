@@ -43,7 +43,8 @@ IMPLEMENTATIONS = ("hmsa_keras", "tensorflow")
 
 
 def with_tensorflow_gradients(model):
-    """Switches every AtrousConv2D of ``model`` back to Conv2D's convolution op; returns how many."""
+    """Switches every AtrousConv2D of ``model`` back to Conv2D's convolution op; returns how
+    many."""
     import keras
 
     from hmsa_keras.models.atrous_conv2d import AtrousConv2D
@@ -67,11 +68,13 @@ def gradient_difference(models, data):
 
     grads = {}
     for impl, model in models.items():
+
         @tf.function
         def grad_fn(images, labels, model=model):
             with tf.GradientTape() as tape:
                 total, _, _ = model.compute_loss_terms(images, labels, training=False)
             return tape.gradient(total, model.trainable_variables)
+
         grads[impl] = [None if g is None else g.numpy() for g in grad_fn(*data)]
     pairs = [(a, b) for a, b in zip(grads["hmsa_keras"], grads["tensorflow"]) if b is not None]
     scale = max(float(np.abs(b).max()) for _, b in pairs)
@@ -83,7 +86,12 @@ def run_config(name, rounds):
 
     config = train_cost.CONFIGS[name]
     data = train_cost.batch(config)
-    entry = {"model": config["model"], "crop": list(config["crop"]), "batch": config["batch"], "variants": {}}
+    entry = {
+        "model": config["model"],
+        "crop": list(config["crop"]),
+        "batch": config["batch"],
+        "variants": {},
+    }
     for variant in VARIANTS:
         models = {impl: train_cost.build(config, variant) for impl in IMPLEMENTATIONS}
         models["tensorflow"].set_weights(models["hmsa_keras"].get_weights())
@@ -100,37 +108,67 @@ def run_config(name, rounds):
                 t = time.perf_counter()
                 steps[impl](data)
                 times[impl].append(time.perf_counter() - t)
-            print(f"  {name} {variant} round {r + 1}/{rounds}: "
-                  + ", ".join(f"{i} {times[i][-1]:.3f}s" for i in IMPLEMENTATIONS), flush=True)
+            print(
+                f"  {name} {variant} round {r + 1}/{rounds}: "
+                + ", ".join(f"{i} {times[i][-1]:.3f}s" for i in IMPLEMENTATIONS),
+                flush=True,
+            )
         med = {impl: common.median(times[impl]) for impl in IMPLEMENTATIONS}
         entry["variants"][variant] = {
-            "dilated_convolutions": switched, "gradient_max_relative_difference": diff,
-            "step_seconds_median": med, "step_seconds_runs": times,
-            "speedup": med["tensorflow"] / med["hmsa_keras"]}
-        print(f"-- {name} {variant}: {switched} dilated convs; step hmsa_keras {med['hmsa_keras']:.3f}s, "
-              f"tensorflow {med['tensorflow']:.3f}s: {med['tensorflow'] / med['hmsa_keras']:.2f}x faster; "
-              f"gradients agree to {diff:.1e}", flush=True)
+            "dilated_convolutions": switched,
+            "gradient_max_relative_difference": diff,
+            "step_seconds_median": med,
+            "step_seconds_runs": times,
+            "speedup": med["tensorflow"] / med["hmsa_keras"],
+        }
+        print(
+            f"-- {name} {variant}: {switched} dilated convs; "
+            f"step hmsa_keras {med['hmsa_keras']:.3f}s, "
+            f"tensorflow {med['tensorflow']:.3f}s: "
+            f"{med['tensorflow'] / med['hmsa_keras']:.2f}x faster; "
+            f"gradients agree to {diff:.1e}",
+            flush=True,
+        )
         del models, steps
         keras.backend.clear_session()
     return entry
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 rounds (CI smoke run)")
-    parser.add_argument("--configs", default=None, help="comma-separated: " + ", ".join(train_cost.CONFIGS))
+    parser.add_argument(
+        "--configs", default=None, help="comma-separated: " + ", ".join(train_cost.CONFIGS)
+    )
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 5; --quick 2)")
     parser.add_argument("--out_dir", default=None)
     args = parser.parse_args(argv)
-    names = args.configs.split(",") if args.configs else (["tiny"] if args.quick else ["mnv2_256x512", "r50_256x512"])
+    names = (
+        args.configs.split(",")
+        if args.configs
+        else (["tiny"] if args.quick else ["mnv2_256x512", "r50_256x512"])
+    )
     rounds = args.rounds or (2 if args.quick else 5)
-    out_dir = args.out_dir or (tempfile.mkdtemp(prefix="hmsa_atrous_grad_") if args.quick
-                               else str(REPO / "benchmarks" / "results"))
+    out_dir = args.out_dir or (
+        tempfile.mkdtemp(prefix="hmsa_atrous_grad_")
+        if args.quick
+        else str(REPO / "benchmarks" / "results")
+    )
     path = os.path.join(out_dir, "atrous_grad.json")
-    report = {"benchmark": "atrous_grad", "quick": bool(args.quick), "machine": common.machine_info(),
-              "rounds": rounds, "configs": {}}
-    print(f"hmsa_keras dilated-convolution gradient benchmark: {report['machine']['cpu']}, rounds={rounds}",
-          flush=True)
+    report = {
+        "benchmark": "atrous_grad",
+        "quick": bool(args.quick),
+        "machine": common.machine_info(),
+        "rounds": rounds,
+        "configs": {},
+    }
+    print(
+        f"hmsa_keras dilated-convolution gradient benchmark: {report['machine']['cpu']}, "
+        f"rounds={rounds}",
+        flush=True,
+    )
     for name in names:
         report["configs"][name] = run_config(name, rounds)
         common.write_json(report, path)

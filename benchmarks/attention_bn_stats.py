@@ -57,8 +57,9 @@ def batchnorm_layers(model):
 
 
 def moving_stats(layers):
-    return {layer.name: (layer.moving_mean.numpy(), layer.moving_variance.numpy())
-            for layer in layers}
+    return {
+        layer.name: (layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers
+    }
 
 
 def put(layers, stats):
@@ -74,20 +75,24 @@ def reestimate(model, train_ds, scales, batches):
     move, no weight does."""
     import tensorflow as tf
 
-    steps = {s: tf.function(lambda x, s=s: model.run_scales(x, (s,), training=True))
-             for s in scales}
+    steps = {
+        s: tf.function(lambda x, s=s: model.run_scales(x, (s,), training=True)) for s in scales
+    }
     for images, _ in train_ds.take(batches):
         for s in scales:
             steps[s](images)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True,
-                        help="a training directory (config.json + best.keras)")
-    parser.add_argument("--batches", type=int, default=100,
-                        help="training batches of the re-estimation")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model_dir", required=True, help="a training directory (config.json + best.keras)"
+    )
+    parser.add_argument(
+        "--batches", type=int, default=100, help="training batches of the re-estimation"
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--out_dir", default=None)
     args = parser.parse_args(argv)
@@ -105,14 +110,21 @@ def main(argv=None):
     if not attention:
         parser.error("the model has no attention BatchNorm layers")
     trained_att, trained_other = moving_stats(attention), moving_stats(other)
-    train_ds = build_dataset(data_cfg, data_cfg.train_split, training=True,
-                             batch_size=args.batch_size)
+    train_ds = build_dataset(
+        data_cfg, data_cfg.train_split, training=True, batch_size=args.batch_size
+    )
     val_ds = build_dataset(data_cfg, data_cfg.val_split, training=False, batch_size=1)
 
     variants = {"trained": None, "reference": (0.5, 1.0), "control": (0.5,)}
-    report = {"benchmark": "attention_bn_stats", "model_dir": os.path.abspath(args.model_dir),
-              "dataset": data_cfg.dataset, "batches": args.batches, "batch_size": args.batch_size,
-              "bn_momentum": float(attention[0].momentum), "variants": {}}
+    report = {
+        "benchmark": "attention_bn_stats",
+        "model_dir": os.path.abspath(args.model_dir),
+        "dataset": data_cfg.dataset,
+        "batches": args.batches,
+        "batch_size": args.batch_size,
+        "bn_momentum": float(attention[0].momentum),
+        "variants": {},
+    }
     for name, scales in variants.items():
         put(attention, trained_att)
         tic = time.perf_counter()
@@ -121,16 +133,22 @@ def main(argv=None):
             put(other, trained_other)  # only the attention statistics differ between variants
         seconds = time.perf_counter() - tic
         stats = moving_stats(attention)
-        shift = {layer: float(abs(stats[layer][0] - trained_att[layer][0]).mean())
-                 for layer in stats}
-        results = hmsa_keras.evaluate(model, val_ds, info.num_classes, chains=CHAINS,
-                                      class_names=info.class_names)
+        shift = {
+            layer: float(abs(stats[layer][0] - trained_att[layer][0]).mean()) for layer in stats
+        }
+        results = hmsa_keras.evaluate(
+            model, val_ds, info.num_classes, chains=CHAINS, class_names=info.class_names
+        )
         report["variants"][name] = {
-            "reestimated_at": list(scales or ()), "reestimate_seconds": seconds,
+            "reestimated_at": list(scales or ()),
+            "reestimate_seconds": seconds,
             "mean_abs_moving_mean_shift": shift,
-            "miou": {r.name: r.metrics["miou"] for r in results}}
-        print(f"{name:10s} " + "  ".join(f"{r.name}: {r.metrics['miou']:.4f}" for r in results),
-              flush=True)
+            "miou": {r.name: r.metrics["miou"] for r in results},
+        }
+        print(
+            f"{name:10s} " + "  ".join(f"{r.name}: {r.metrics['miou']:.4f}" for r in results),
+            flush=True,
+        )
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="hmsa_attention_bn_")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "attention_bn_stats.json")

@@ -58,17 +58,27 @@ def machine_info():
     except OSError:
         pass
     try:
-        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     except (ValueError, OSError):
         mem_gb = float("nan")
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gb": round(mem_gb, 1),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "memory_gb": round(mem_gb, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
-_BACKPROP = ("Conv2DBackpropInput", "Conv2DBackpropFilter",
-             "DepthwiseConv2dNativeBackpropInput", "DepthwiseConv2dNativeBackpropFilter")
+_BACKPROP = (
+    "Conv2DBackpropInput",
+    "Conv2DBackpropFilter",
+    "DepthwiseConv2dNativeBackpropInput",
+    "DepthwiseConv2dNativeBackpropFilter",
+)
 
 
 def _backprop_flops(op):
@@ -82,7 +92,9 @@ def _backprop_flops(op):
     out_grad = op.inputs[2].shape
     kernel = op.inputs[1].shape if op.type.endswith("Input") else op.outputs[0].shape
     if not (out_grad.is_fully_defined() and kernel.is_fully_defined()):
-        raise ValueError(f"{op.name}: shapes are not static ({out_grad}, {kernel}); FLOPs need a static graph")
+        raise ValueError(
+            f"{op.name}: shapes are not static ({out_grad}, {kernel}); FLOPs need a static graph"
+        )
     kh, kw, cin = kernel[0], kernel[1], kernel[2]
     per_output = kh * kw * (1 if op.type.startswith("Depthwise") else cin)
     return 2 * out_grad.num_elements() * per_output
@@ -108,8 +120,14 @@ def graph_flops(concrete_function, op_types=None) -> int:
     for op in graph.get_operations():
         if op_types is not None and op.type not in op_types:
             continue
-        if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul") and not op.outputs[0].shape.is_fully_defined():
-            raise ValueError(f"{op.name}: output shape {op.outputs[0].shape} is not static; FLOPs need static shapes")
+        if (
+            op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+            and not op.outputs[0].shape.is_fully_defined()
+        ):
+            raise ValueError(
+                f"{op.name}: output shape {op.outputs[0].shape} is not static; "
+                "FLOPs need static shapes"
+            )
         if op.type in _BACKPROP:
             total += _backprop_flops(op)
             continue
@@ -125,8 +143,10 @@ def train_step_flops(model, batch, height, width):
     static batch: the graph that the benchmark times, scales, fusion and loss included."""
     import tensorflow as tf
 
-    specs = (tf.TensorSpec([batch, height, width, 3], tf.float32),
-             tf.TensorSpec([batch, height, width], tf.int32))
+    specs = (
+        tf.TensorSpec([batch, height, width, 3], tf.float32),
+        tf.TensorSpec([batch, height, width], tf.int32),
+    )
     return graph_flops(tf.function(model.train_step).get_concrete_function(specs))
 
 
@@ -150,7 +170,7 @@ def matmul_rate(n=2048, repeats=5):
         t = time.perf_counter()
         mm(a, b).numpy()
         times.append(time.perf_counter() - t)
-    return times, [2.0 * n ** 3 / t / 1e9 for t in times]
+    return times, [2.0 * n**3 / t / 1e9 for t in times]
 
 
 def write_json(obj, path):

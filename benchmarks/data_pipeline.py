@@ -15,10 +15,10 @@ warm-up steps. The ratio pipeline / training must be >= 2 for the input never to
 training.
 """
 
-import dataclasses
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -37,7 +37,8 @@ FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
 
 
 def recipe_configs(name, *extra):
-    """(ModelConfig, DataConfig, TrainConfig) exactly as ``hmsa-train --flagfile=flags/NAME.cfg``."""
+    """(ModelConfig, DataConfig, TrainConfig) exactly as
+    ``hmsa-train --flagfile=flags/NAME.cfg``."""
     from hmsa_keras.cli import train as train_cli
 
     return train_cli.configs_from_argv([f"--flagfile={FLAGS_DIR / (name + '.cfg')}", *extra])
@@ -53,7 +54,9 @@ def training_rate(model_cfg, data_cfg, batch_size, steps):
 
     model = build_model(model_cfg, num_classes=get_dataset_info(data_cfg).num_classes)
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), loss="ce")
-    batch = next(iter(build_dataset(data_cfg, data_cfg.train_split, training=True, batch_size=batch_size)))
+    batch = next(
+        iter(build_dataset(data_cfg, data_cfg.train_split, training=True, batch_size=batch_size))
+    )
     step = tf.function(model.train_step)
     for _ in range(2):
         step(batch)
@@ -88,16 +91,26 @@ def measure(config, batch_size, batches, repeats, warmup=3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer batches and repeats")
     parser.add_argument("--camvid_dir", default=str(DEFAULT_CAMVID))
     args = parser.parse_args(argv)
     batches, repeats = (10, 3) if args.quick else (40, 5)
 
-    print(f"hmsa_keras data pipeline benchmark (cpus={os.cpu_count()}, batches={batches}, repeats={repeats})")
+    print(
+        f"hmsa_keras data pipeline benchmark "
+        f"(cpus={os.cpu_count()}, batches={batches}, repeats={repeats})"
+    )
     recipes = [("quickstart", recipe_configs("quickstart"))]
     if Path(args.camvid_dir, "train").is_dir():
-        recipes.append(("camvid_mobilenetv2", recipe_configs("camvid_mobilenetv2", f"--data_dir={args.camvid_dir}")))
+        recipes.append(
+            (
+                "camvid_mobilenetv2",
+                recipe_configs("camvid_mobilenetv2", f"--data_dir={args.camvid_dir}"),
+            )
+        )
     else:
         print(f"camvid: skipped ({args.camvid_dir} not found)")
     for name, (model_cfg, data_cfg, train_cfg) in recipes:
@@ -106,13 +119,17 @@ def main(argv=None):
         median, rates, cpu_ms = measure(data_cfg, batch, batches, repeats)
         consumed = training_rate(model_cfg, data_cfg, batch, 2 if args.quick else 3)
         crop = "x".join(map(str, data_cfg.crop_size))
-        print(f"{name:19s} dataset={data_cfg.dataset:9s} crop={crop:8s} batch={batch}: pipeline "
-              f"{median:7.1f} images/s (median; runs: {', '.join(f'{r:.1f}' for r in rates)}; "
-              f"CPU {cpu_ms:.1f} ms/image); training step consumes {consumed:.2f} images/s; "
-              f"ratio {median / consumed:.1f}x (target >= 2x)")
+        print(
+            f"{name:19s} dataset={data_cfg.dataset:9s} crop={crop:8s} batch={batch}: pipeline "
+            f"{median:7.1f} images/s (median; runs: {', '.join(f'{r:.1f}' for r in rates)}; "
+            f"CPU {cpu_ms:.1f} ms/image); training step consumes {consumed:.2f} images/s; "
+            f"ratio {median / consumed:.1f}x (target >= 2x)"
+        )
     if hasattr(os, "getloadavg"):
-        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus "
-              "(wall-clock rates fall when other processes compete)")
+        print(
+            f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus "
+            "(wall-clock rates fall when other processes compete)"
+        )
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def main(argv=None):
     setup = time.perf_counter() - tic
     names = list(run)
     print(
-        f"HRNet-OCR inference at {size[0]}x{size[1]}, chain {args.scales}, batch 1: {', '.join(names)} "
+        f"HRNet-OCR inference at {size[0]}x{size[1]}, chain {args.scales}, batch 1: "
+        f"{', '.join(names)} "
         f"(set-up {setup:.0f} s)",
         flush=True,
     )

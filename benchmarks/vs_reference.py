@@ -93,10 +93,18 @@ NUM_CLASSES = 19
 IGNORE = 255
 CHAIN = (0.5, 1.0, 2.0)
 MODELS = {  # --model: the reference's network, our build_model arguments, inference chain, batch
-    "deeplab_r50": dict(reference="network/mscale.py: DeepV3R50", chain=CHAIN, train_batch=2,
-                        ours=dict(trunk="resnet50", output_stride=8, aux_head=False)),
-    "hrnet_ocr": dict(reference="network/ocrnet.py: HRNet_Mscale", chain=(0.5, 1.0), train_batch=1,
-                      ours=dict(trunk="hrnetv2_w48")),
+    "deeplab_r50": dict(
+        reference="network/mscale.py: DeepV3R50",
+        chain=CHAIN,
+        train_batch=2,
+        ours=dict(trunk="resnet50", output_stride=8, aux_head=False),
+    ),
+    "hrnet_ocr": dict(
+        reference="network/ocrnet.py: HRNet_Mscale",
+        chain=(0.5, 1.0),
+        train_batch=1,
+        ours=dict(trunk="hrnetv2_w48"),
+    ),
 }
 OCR_ALPHA = 0.4  # reference cfg.LOSS.OCR_ALPHA: weight of the fused auxiliary (soft region) loss
 MEAN = (0.485, 0.456, 0.406)
@@ -104,8 +112,22 @@ STD = (0.229, 0.224, 0.225)
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 SCALE_LOSS_WEIGHT = 0.05
 REPLY = "@@VSREF "
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-              "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "avx_vnni",
+)
 
 
 # ============================================================================ shared helpers
@@ -163,12 +185,19 @@ def install_reference_stand_ins(reference_dir):
         sys.modules[name] = mod
         return mod
 
-    quiet = types.SimpleNamespace(msg=lambda *a, **k: None, metric=lambda *a, **k: None,
-                                  add_image=lambda *a, **k: None, save_model=lambda *a, **k: None)
+    quiet = types.SimpleNamespace(
+        msg=lambda *a, **k: None,
+        metric=lambda *a, **k: None,
+        add_image=lambda *a, **k: None,
+        save_model=lambda *a, **k: None,
+    )
     module("runx", logx=module("runx.logx", logx=quiet))
     amp = module("apex.amp", float_function=lambda f: f)
-    parallel = module("apex.parallel", SyncBatchNorm=nn.BatchNorm2d,
-                      DistributedDataParallel=nn.parallel.DistributedDataParallel)
+    parallel = module(
+        "apex.parallel",
+        SyncBatchNorm=nn.BatchNorm2d,
+        DistributedDataParallel=nn.parallel.DistributedDataParallel,
+    )
     module("apex", amp=amp, parallel=parallel)
     # utils/misc.py imports OpenCV, torchvision and more for its other helpers; mscale.py
     # needs only this name formatter (its behaviour: "pred_0.5x").
@@ -232,18 +261,22 @@ class TorchWorker:
     def info(self):
         torch = self.torch
         n_params = sum(p.numel() for p in self.model.parameters())
-        return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                "flush_denormal": self.opts.get("model") == "hrnet_ocr",
-                "interop_threads": torch.get_num_interop_threads(),
-                "mkldnn": torch.backends.mkldnn.is_available(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "mkldnn_bf16_supported": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported",
-                                                      lambda: None)()),
-                "parameters": n_params, "python": platform.python_version(),
-                "reference_dir": self.opts["reference_dir"]}
+        return {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "flush_denormal": self.opts.get("model") == "hrnet_ocr",
+            "interop_threads": torch.get_num_interop_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkldnn_bf16_supported": bool(
+                getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: None)()
+            ),
+            "parameters": n_params,
+            "python": platform.python_version(),
+            "reference_dir": self.opts["reference_dir"],
+        }
 
     def setup(self, part, variants):
-        torch = self.torch
         for variant in variants:
             bf16 = variant.endswith("bf16")
             if part == "train":
@@ -255,17 +288,25 @@ class TorchWorker:
     def _autocast(self, bf16):
         import contextlib
 
-        return self.torch.autocast("cpu", dtype=self.torch.bfloat16) if bf16 else contextlib.nullcontext()
+        return (
+            self.torch.autocast("cpu", dtype=self.torch.bfloat16)
+            if bf16
+            else contextlib.nullcontext()
+        )
 
     def _train_runner(self, bf16):
         torch = self.torch
         h, w = self.opts["train_size"]
         _, images, labels = data(self.opts["train_batch"], h, w)
-        inputs = {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                  "gts": torch.from_numpy(labels)}
+        inputs = {
+            "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            "gts": torch.from_numpy(labels),
+        }
         model = self.model
         # torch.optim.SGD: weight decay added to the gradient before momentum (coupled)
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        )
 
         def run():
             model.train()
@@ -310,8 +351,10 @@ class TorchWorker:
         if part == "train":
             h, w = self.opts["train_size"]
             _, images, labels = data(self.opts["train_batch"], h, w)
-            inputs = {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                      "gts": torch.from_numpy(labels)}
+            inputs = {
+                "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                "gts": torch.from_numpy(labels),
+            }
             self.model.train()
             with counter:
                 self.model(inputs).backward()
@@ -353,7 +396,8 @@ class OursWorker:
             try:
                 keras.utils.set_random_seed(0)
                 self.models[key] = hmsa_keras.build_model(
-                    num_classes=NUM_CLASSES, **MODELS[self.opts["model"]]["ours"])
+                    num_classes=NUM_CLASSES, **MODELS[self.opts["model"]]["ours"]
+                )
             finally:
                 keras.mixed_precision.set_global_policy(previous)
         return self.models[key]
@@ -365,14 +409,18 @@ class OursWorker:
 
         tf = self.tf
         model = self.model("float32")
-        return {"tensorflow": tf.__version__, "keras": keras.__version__,
-                "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-                "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-                "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
-                "train_step_options": loop.train_step_options(),
-                "parameters": int(sum(int(v.numpy().size) for v in model.weights
-                                      if "moving" not in v.path)),
-                "python": platform.python_version()}
+        return {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+            "train_step_options": loop.train_step_options(),
+            "parameters": int(
+                sum(int(v.numpy().size) for v in model.weights if "moving" not in v.path)
+            ),
+            "python": platform.python_version(),
+        }
 
     def setup(self, part, variants):
         extra = {}
@@ -399,9 +447,19 @@ class OursWorker:
 
         tf = self.tf
         model = self.model(precision, ablation)
-        model.compile(optimizer=build_optimizer(model, LR, total_steps=10 ** 6, momentum=MOMENTUM,
-                                                weight_decay=WEIGHT_DECAY, weight_decay_mode="coupled"),
-                      loss="ce", aux_weight=OCR_ALPHA, scale_loss_weight=SCALE_LOSS_WEIGHT)
+        model.compile(
+            optimizer=build_optimizer(
+                model,
+                LR,
+                total_steps=10**6,
+                momentum=MOMENTUM,
+                weight_decay=WEIGHT_DECAY,
+                weight_decay_mode="coupled",
+            ),
+            loss="ce",
+            aux_weight=OCR_ALPHA,
+            scale_loss_weight=SCALE_LOSS_WEIGHT,
+        )
         model.optimizer.build(model.trainable_variables)
         h, w = self.opts["train_size"]
         _, images, labels = data(self.opts["train_batch"], h, w)
@@ -435,8 +493,11 @@ class OursWorker:
             from hmsa_keras.export import tflite
             from hmsa_keras.export.saved_model import HMSAExportModule, as_float32
 
-            flat = tflite.convert(HMSAExportModule(as_float32(model), self.opts["chain"], False), "float32",
-                                  fixed_size=(h, w))
+            flat = tflite.convert(
+                HMSAExportModule(as_float32(model), self.opts["chain"], False),
+                "float32",
+                fixed_size=(h, w),
+            )
             try:
                 from ai_edge_litert.interpreter import Interpreter
             except ImportError:  # pragma: no cover
@@ -523,7 +584,8 @@ def _xla():
 
 ABLATIONS = {
     "xla": _xla,  # train step compiled with jit_compile=True (XLA); not an ablation, an option
-    "s2b_dilation": _portable_dilation,  # dilated convolutions through SpaceToBatch (before issue 17)
+    # dilated convolutions through SpaceToBatch (before issue 17)
+    "s2b_dilation": _portable_dilation,
 }
 
 
@@ -572,8 +634,11 @@ def worker_main(kind, opts):
             elif cmd["cmd"] in ("warmup", "run"):
                 tic, cpu = time.perf_counter(), time.process_time()
                 value = worker.runners[cmd["variant"]]()
-                result = {"seconds": time.perf_counter() - tic, "cpu_seconds": time.process_time() - cpu,
-                          "value": value}
+                result = {
+                    "seconds": time.perf_counter() - tic,
+                    "cpu_seconds": time.process_time() - cpu,
+                    "value": value,
+                }
             elif cmd["cmd"] == "flops":
                 result = {"flops": worker.flops(cmd["part"])}
             elif cmd["cmd"] == "release":
@@ -596,28 +661,44 @@ class Worker:
     def __init__(self, kind, python, opts, log_path):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         if kind == "ours":
-            env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep
+            )
         self.kind = kind
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [python, os.path.abspath(__file__), f"--worker={kind}", f"--worker_opts={json.dumps(opts)}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+            [
+                python,
+                os.path.abspath(__file__),
+                f"--worker={kind}",
+                f"--worker_opts={json.dumps(opts)}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
         self.log_path = log_path
 
     def read(self):
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"{self.kind} worker exited ({self.proc.poll()}); see {self.log_path}")
+                raise RuntimeError(
+                    f"{self.kind} worker exited ({self.proc.poll()}); see {self.log_path}"
+                )
             if line.startswith(REPLY):
-                return json.loads(line[len(REPLY):])
+                return json.loads(line[len(REPLY) :])
 
     def ask(self, cmd, **kw):
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
         self.proc.stdin.flush()
         answer = self.read()
         if "error" in answer:
-            raise RuntimeError(f"{self.kind} worker, {cmd} {kw}: {answer['error']} (log {self.log_path})")
+            raise RuntimeError(
+                f"{self.kind} worker, {cmd} {kw}: {answer['error']} (log {self.log_path})"
+            )
         return answer
 
     def close(self):
@@ -690,13 +771,15 @@ def time_part(part, workers, variants, rounds, warmups, log):
         entry["variants"][v]["seconds_runs"] = []
         entry["variants"][v]["cpu_seconds_runs"] = []
     for r in range(rounds):
-        order = live[r % len(live):] + live[:r % len(live)] if live else []
+        order = live[r % len(live) :] + live[: r % len(live)] if live else []
         for v in order:
             answer = workers[variants[v]].ask("run", variant=v)
             entry["variants"][v]["seconds_runs"].append(answer["seconds"])
             entry["variants"][v]["cpu_seconds_runs"].append(answer["cpu_seconds"])
-        log(f"   round {r + 1}/{rounds}: " + ", ".join(
-            f"{v} {entry['variants'][v]['seconds_runs'][-1]:.2f}" for v in live))
+        log(
+            f"   round {r + 1}/{rounds}: "
+            + ", ".join(f"{v} {entry['variants'][v]['seconds_runs'][-1]:.2f}" for v in live)
+        )
     for v in live:
         cell = entry["variants"][v]
         cell["seconds_median"] = median(cell["seconds_runs"])
@@ -714,10 +797,12 @@ def time_part(part, workers, variants, rounds, warmups, log):
         precision = v.split("@")[0].rsplit("_", 1)[1]
         ref = entry["variants"].get(f"reference_{precision}", {})
         if "seconds_median" in ref:
-            ratios[v] = {"vs": f"reference_{precision}",
-                         "ratio_of_medians": cell["seconds_median"] / ref["seconds_median"],
-                         "cpu_ratio_of_medians": cell["cpu_seconds_median"] / ref["cpu_seconds_median"],
-                         "per_round": [a / b for a, b in zip(cell["seconds_runs"], ref["seconds_runs"])]}
+            ratios[v] = {
+                "vs": f"reference_{precision}",
+                "ratio_of_medians": cell["seconds_median"] / ref["seconds_median"],
+                "cpu_ratio_of_medians": cell["cpu_seconds_median"] / ref["cpu_seconds_median"],
+                "per_round": [a / b for a, b in zip(cell["seconds_runs"], ref["seconds_runs"])],
+            }
     for side in ("reference", "ours"):
         fp32 = [v for v in entry["variants"] if v.startswith(side) and v.endswith("fp32")]
         for v in entry["variants"]:
@@ -725,15 +810,20 @@ def time_part(part, workers, variants, rounds, warmups, log):
                 base = v[:-4] + "fp32"
                 a, b = entry["variants"][v], entry["variants"].get(base, {})
                 if "seconds_median" in a and "seconds_median" in b:
-                    ratios[f"{v}_vs_fp32"] = {"vs": base, "ratio_of_medians": a["seconds_median"] / b["seconds_median"]}
+                    ratios[f"{v}_vs_fp32"] = {
+                        "vs": base,
+                        "ratio_of_medians": a["seconds_median"] / b["seconds_median"],
+                    }
         del fp32
     entry["ratios"] = ratios
     return entry
 
 
 def print_part(part, entry, log):
-    log(f"-- {part}: median wall seconds, ratio ours / reference (same precision), median process "
-        f"CPU seconds and its ratio, wall seconds per round")
+    log(
+        f"-- {part}: median wall seconds, ratio ours / reference (same precision), median process "
+        f"CPU seconds and its ratio, wall seconds per round"
+    )
     for v, cell in entry["variants"].items():
         if "seconds_median" not in cell:
             log(f"   {v:28s} {'-':>9s}   {cell.get('error', 'not run')[:120]}")
@@ -741,57 +831,103 @@ def print_part(part, entry, log):
         ratio = entry["ratios"].get(v, {})
         r = f"{ratio['ratio_of_medians']:6.2f}x" if ratio else ""
         c = f"{ratio['cpu_ratio_of_medians']:6.2f}x" if ratio else ""
-        log(f"   {v:34s} {cell['seconds_median']:9.3f} {r:8s} cpu {cell['cpu_seconds_median']:9.3f} {c:8s} runs "
-            + " ".join(f"{s:.2f}" for s in cell["seconds_runs"]))
+        log(
+            f"   {v:34s} {cell['seconds_median']:9.3f} {r:8s} "
+            f"cpu {cell['cpu_seconds_median']:9.3f} {c:8s} runs "
+            + " ".join(f"{s:.2f}" for s in cell["seconds_runs"])
+        )
     for name, ratio in entry["ratios"].items():
         if name.endswith("_vs_fp32"):
             log(f"   {name:40s} {ratio['ratio_of_medians']:.2f}x")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference_dir", default=None, help="checkout of NVIDIA/semantic-segmentation")
-    parser.add_argument("--torch_python", default="/work/venv-torch/bin/python",
-                        help="a Python that imports torch (and numpy)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--reference_dir", default=None, help="checkout of NVIDIA/semantic-segmentation"
+    )
+    parser.add_argument(
+        "--torch_python",
+        default="/work/venv-torch/bin/python",
+        help="a Python that imports torch (and numpy)",
+    )
     parser.add_argument("--parts", default="train,infer", help="comma-separated: train, infer")
     parser.add_argument("--bf16", action="store_true", help="add the bfloat16 variants")
-    parser.add_argument("--backends", default="keras,saved_model,tflite",
-                        help="our inference backends: keras, saved_model, tflite")
+    parser.add_argument(
+        "--backends",
+        default="keras,saved_model,tflite",
+        help="our inference backends: keras, saved_model, tflite",
+    )
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 3; --quick 1)")
-    parser.add_argument("--warmups", type=int, default=0, help="warm-up calls (default 2; --quick 1)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="threads for both frameworks: torch.set_num_threads, TensorFlow's intra- and "
-                        "inter-op pools, TFLite (0: each framework's default). On a loaded machine, 1 "
-                        "avoids OpenMP barrier spinning that slows PyTorch several-fold")
+    parser.add_argument(
+        "--warmups", type=int, default=0, help="warm-up calls (default 2; --quick 1)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for both frameworks: torch.set_num_threads, TensorFlow's intra- and "
+        "inter-op pools, TFLite (0: each framework's default). On a loaded machine, 1 "
+        "avoids OpenMP barrier spinning that slows PyTorch several-fold",
+    )
     parser.add_argument("--train_size", default=None, help="HxW (default 256x512; --quick 64x128)")
-    parser.add_argument("--train_batch", type=int, default=0,
-                        help="default 2 (the reference's BatchNorm after image pooling needs >= 2); "
-                        "1 with --model=hrnet_ocr")
-    parser.add_argument("--model", default="deeplab_r50", choices=sorted(MODELS),
-                        help="deeplab_r50: reference DeepV3R50 vs our ResNet-50 OS8 DeepLabV3+ (default); "
-                        "hrnet_ocr: reference ocrnet.HRNet_Mscale vs our HRNetV2-W48 + OCR")
+    parser.add_argument(
+        "--train_batch",
+        type=int,
+        default=0,
+        help="default 2 (the reference's BatchNorm after image pooling needs >= 2); "
+        "1 with --model=hrnet_ocr",
+    )
+    parser.add_argument(
+        "--model",
+        default="deeplab_r50",
+        choices=sorted(MODELS),
+        help="deeplab_r50: reference DeepV3R50 vs our ResNet-50 OS8 DeepLabV3+ (default); "
+        "hrnet_ocr: reference ocrnet.HRNet_Mscale vs our HRNetV2-W48 + OCR",
+    )
     parser.add_argument("--infer_size", default=None, help="HxW (default 512x1024; --quick 64x128)")
-    parser.add_argument("--ablations", default="",
-                        help="extra variants of ours with one speed-up off: " + ", ".join(ABLATIONS))
-    parser.add_argument("--flops", action="store_true",
-                        help="also count both graphs' matmul/convolution FLOPs (slow at full size)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, one round (developer smoke run)")
+    parser.add_argument(
+        "--ablations",
+        default="",
+        help="extra variants of ours with one speed-up off: " + ", ".join(ABLATIONS),
+    )
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="also count both graphs' matmul/convolution FLOPs (slow at full size)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes, one round (developer smoke run)"
+    )
     parser.add_argument("--out_dir", default=None)
-    parser.add_argument("--tag", default="", help="written as vs_reference_<tag>.json (default vs_reference.json)")
+    parser.add_argument(
+        "--tag", default="", help="written as vs_reference_<tag>.json (default vs_reference.json)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker_opts", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         opts = json.loads(args.worker_opts)
-        opts["train_size"], opts["infer_size"] = tuple(opts["train_size"]), tuple(opts["infer_size"])
+        opts["train_size"], opts["infer_size"] = (
+            tuple(opts["train_size"]),
+            tuple(opts["infer_size"]),
+        )
         opts["chain"] = tuple(opts["chain"])
         return worker_main(args.worker, opts)
 
-    if not args.reference_dir or not os.path.isfile(os.path.join(args.reference_dir, "network", "mscale.py")):
-        parser.error(f"--reference_dir={args.reference_dir!r}: expected a checkout of "
-                     "NVIDIA/semantic-segmentation (with network/mscale.py)")
+    if not args.reference_dir or not os.path.isfile(
+        os.path.join(args.reference_dir, "network", "mscale.py")
+    ):
+        parser.error(
+            f"--reference_dir={args.reference_dir!r}: expected a checkout of "
+            "NVIDIA/semantic-segmentation (with network/mscale.py)"
+        )
     if not os.path.exists(args.torch_python):
-        parser.error(f"--torch_python={args.torch_python!r} does not exist: give a Python with torch")
+        parser.error(
+            f"--torch_python={args.torch_python!r} does not exist: give a Python with torch"
+        )
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     for p in parts:
         if p not in ("train", "infer"):
@@ -799,7 +935,9 @@ def main(argv=None):
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
         if b not in ("keras", "saved_model", "tflite"):
-            parser.error(f"--backends: unknown backend {b!r}; choose from keras, saved_model, tflite")
+            parser.error(
+                f"--backends: unknown backend {b!r}; choose from keras, saved_model, tflite"
+            )
     ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
     for a in ablations:
         if a not in ABLATIONS:
@@ -807,52 +945,96 @@ def main(argv=None):
     rounds = args.rounds or (1 if args.quick else 3)
     warmups = args.warmups or (1 if args.quick else 2)
     spec = MODELS[args.model]
-    opts = {"reference_dir": os.path.abspath(args.reference_dir), "threads": args.threads,
-            "model": args.model, "chain": list(spec["chain"]),
-            "train_size": parse_hw(args.train_size or ("64x128" if args.quick else "256x512")),
-            "train_batch": args.train_batch or spec["train_batch"],
-            "infer_size": parse_hw(args.infer_size or ("64x128" if args.quick else "512x1024"))}
-    out_dir = args.out_dir or (tempfile.mkdtemp(prefix="hmsa_vs_reference_") if args.quick
-                               else str(REPO / "benchmarks" / "results"))
+    opts = {
+        "reference_dir": os.path.abspath(args.reference_dir),
+        "threads": args.threads,
+        "model": args.model,
+        "chain": list(spec["chain"]),
+        "train_size": parse_hw(args.train_size or ("64x128" if args.quick else "256x512")),
+        "train_batch": args.train_batch or spec["train_batch"],
+        "infer_size": parse_hw(args.infer_size or ("64x128" if args.quick else "512x1024")),
+    }
+    out_dir = args.out_dir or (
+        tempfile.mkdtemp(prefix="hmsa_vs_reference_")
+        if args.quick
+        else str(REPO / "benchmarks" / "results")
+    )
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"vs_reference_{args.tag}.json" if args.tag else "vs_reference.json")
+    path = os.path.join(
+        out_dir, f"vs_reference_{args.tag}.json" if args.tag else "vs_reference.json"
+    )
     log_dir = tempfile.mkdtemp(prefix="hmsa_vs_reference_logs_")
 
     def log(msg):
         print(msg, flush=True)
 
-    report = {"benchmark": "vs_reference", "quick": bool(args.quick),
-              "reference": {"repository": "NVIDIA/semantic-segmentation", "dir": opts["reference_dir"],
-                            "model": spec["reference"], "criterion": "CrossEntropyLoss2d"},
-              "ours": {"build_model": dict(num_classes=NUM_CLASSES, **spec["ours"]), "loss": "ce",
-                       "scale_loss_weight": SCALE_LOSS_WEIGHT},
-              "settings": {**{k: v for k, v in opts.items() if k != "reference_dir"},
-                           "rounds": rounds, "warmups": warmups, "bf16": bool(args.bf16),
-                           "ablations": ablations,
-                           "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY}},
-              "cpu_flags": cpu_flags(), "load_average_at_start": os.getloadavg(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "parts": {}}
+    report = {
+        "benchmark": "vs_reference",
+        "quick": bool(args.quick),
+        "reference": {
+            "repository": "NVIDIA/semantic-segmentation",
+            "dir": opts["reference_dir"],
+            "model": spec["reference"],
+            "criterion": "CrossEntropyLoss2d",
+        },
+        "ours": {
+            "build_model": dict(num_classes=NUM_CLASSES, **spec["ours"]),
+            "loss": "ce",
+            "scale_loss_weight": SCALE_LOSS_WEIGHT,
+        },
+        "settings": {
+            **{k: v for k, v in opts.items() if k != "reference_dir"},
+            "rounds": rounds,
+            "warmups": warmups,
+            "bf16": bool(args.bf16),
+            "ablations": ablations,
+            "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        },
+        "cpu_flags": cpu_flags(),
+        "load_average_at_start": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "parts": {},
+    }
     workers = {}
     try:
-        workers["torch"] = Worker("torch", args.torch_python, opts, os.path.join(log_dir, "torch.log"))
+        workers["torch"] = Worker(
+            "torch", args.torch_python, opts, os.path.join(log_dir, "torch.log")
+        )
         workers["ours"] = Worker("ours", sys.executable, opts, os.path.join(log_dir, "ours.log"))
         for kind, w in workers.items():
             first = w.read()
             if "error" in first:
-                raise RuntimeError(f"{kind} worker failed to start: {first['error']} (log {w.log_path})")
+                raise RuntimeError(
+                    f"{kind} worker failed to start: {first['error']} (log {w.log_path})"
+                )
         report["reference"]["info"] = workers["torch"].ask("info")
         report["ours"]["info"] = workers["ours"].ask("info")
         report["reference"]["info"].pop("ok", None)
         report["ours"]["info"].pop("ok", None)
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                   platform.processor())
-        report["machine"] = {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform()}
-        log(f"vs_reference: {cpu}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
-            f"torch {report['reference']['info']['torch']} ({report['reference']['info']['threads']} threads, "
-            f"{report['reference']['info']['cpu_capability']}), TF {report['ours']['info']['tensorflow']} "
-            f"(intra {report['ours']['info']['intra_op_threads']}, inter {report['ours']['info']['inter_op_threads']}); "
+        cpu = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        report["machine"] = {
+            "cpu": cpu,
+            "logical_cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        }
+        log(
+            f"vs_reference: {cpu}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+            f"torch {report['reference']['info']['torch']} "
+            f"({report['reference']['info']['threads']} threads, "
+            f"{report['reference']['info']['cpu_capability']}), "
+            f"TF {report['ours']['info']['tensorflow']} "
+            f"(intra {report['ours']['info']['intra_op_threads']}, "
+            f"inter {report['ours']['info']['inter_op_threads']}); "
             f"parameters reference {report['reference']['info']['parameters']:,} ours "
-            f"{report['ours']['info']['parameters']:,}; logs in {log_dir}")
+            f"{report['ours']['info']['parameters']:,}; logs in {log_dir}"
+        )
         for part in parts:
             variants = part_variants(part, args.bf16, backends, ablations)
             log(f"== {part}: " + ", ".join(variants))
@@ -860,7 +1042,9 @@ def main(argv=None):
             if args.flops:
                 for kind, side in (("torch", "reference"), ("ours", "ours")):
                     try:
-                        entry.setdefault("dense_flops", {})[side] = workers[kind].ask("flops", part=part)["flops"]
+                        entry.setdefault("dense_flops", {})[side] = workers[kind].ask(
+                            "flops", part=part
+                        )["flops"]
                     except RuntimeError as e:
                         log(f"   flops {side}: {e}")
             report["parts"][part] = entry

@@ -41,12 +41,16 @@ def build(config, precision):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", default="quickstart")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--chain", default="0.5,1.0,2.0")
-    parser.add_argument("--infer_size", default="", help="HxW: also time inference (default: training only)")
+    parser.add_argument(
+        "--infer_size", default="", help="HxW: also time inference (default: training only)"
+    )
     args = parser.parse_args()
     import numpy as np
     import tensorflow as tf
@@ -70,27 +74,35 @@ def main():
                 h, w = (int(v) for v in args.infer_size.split("x"))
                 segment = compiled_segment(model, chain)
                 x = tf.random.normal([1, h, w, 3], seed=1)
-                runs[f"infer {precision}"] = lambda segment=segment, x=x: segment(x)["classes"].numpy()
+                runs[f"infer {precision}"] = lambda segment=segment, x=x: segment(x)[
+                    "classes"
+                ].numpy()
         for run in runs.values():
             run()  # trace
         wall = {k: [] for k in runs}
         cpu = {k: [] for k in runs}
         keys = list(runs)
         for r in range(args.rounds):
-            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
                 tic, c = time.perf_counter(), time.process_time()
                 runs[k]()
                 wall[k].append(time.perf_counter() - tic)
                 cpu[k].append(time.process_time() - c)
-        print(f"== {name} (batch {config['batch']}, crop {config['crop']}, {args.threads or 'default'} threads, "
-              f"load {os.getloadavg()[0]:.1f})")
+        print(
+            f"== {name} (batch {config['batch']}, crop {config['crop']}, "
+            f"{args.threads or 'default'} threads, "
+            f"load {os.getloadavg()[0]:.1f})"
+        )
         for k in keys:
             print(f"   {k:24s} wall {np.median(wall[k]):7.3f} s  cpu {np.median(cpu[k]):7.3f} s")
         for part in ("train", "infer"):
             a, b = f"{part} mixed_bfloat16", f"{part} float32"
             if a in wall:
-                print(f"   {part}: bfloat16 / float32 wall {np.median(wall[a]) / np.median(wall[b]):.2f}x, "
-                      f"cpu {np.median(cpu[a]) / np.median(cpu[b]):.2f}x")
+                print(
+                    f"   {part}: bfloat16 / float32 "
+                    f"wall {np.median(wall[a]) / np.median(wall[b]):.2f}x, "
+                    f"cpu {np.median(cpu[a]) / np.median(cpu[b]):.2f}x"
+                )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import collections
 import glob
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -34,9 +33,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import vs_reference as V  # noqa: E402
 
-PARTS = (("attn_", "attention"), ("attention_logits", "attention"), ("seg_", "seg_head"),
-         ("logits", "seg_head"), ("aspp_", "aspp"), ("decoder_", "decoder"), ("trunk", "trunk"),
-         ("conv", "trunk"), ("SGD", "optimizer"), ("sgd", "optimizer"), ("optimizer", "optimizer"))
+PARTS = (
+    ("attn_", "attention"),
+    ("attention_logits", "attention"),
+    ("seg_", "seg_head"),
+    ("logits", "seg_head"),
+    ("aspp_", "aspp"),
+    ("decoder_", "decoder"),
+    ("trunk", "trunk"),
+    ("conv", "trunk"),
+    ("SGD", "optimizer"),
+    ("sgd", "optimizer"),
+    ("optimizer", "optimizer"),
+)
 
 
 def part_of(name):
@@ -54,8 +63,13 @@ def profile_ours(args):
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    opts = {"reference_dir": "", "threads": args.threads, "train_size": V.parse_hw(args.size),
-            "train_batch": args.batch, "infer_size": V.parse_hw(args.size)}
+    opts = {
+        "reference_dir": "",
+        "threads": args.threads,
+        "train_size": V.parse_hw(args.size),
+        "train_batch": args.batch,
+        "infer_size": V.parse_hw(args.size),
+    }
     worker = V.OursWorker(opts)
     if args.part == "train":
         run = worker._train_runner(args.precision)
@@ -63,7 +77,9 @@ def profile_ours(args):
         run, _ = worker._infer_runner("keras", args.precision)
     run()
     run()
-    logdir = os.path.join(os.environ.get("HMSA_PROFILE_DIR", "/tmp/hmsa_profile"), "vs_reference_ours")
+    logdir = os.path.join(
+        os.environ.get("HMSA_PROFILE_DIR", "/tmp/hmsa_profile"), "vs_reference_ours"
+    )
     shutil.rmtree(logdir, ignore_errors=True)
     tf.profiler.experimental.start(logdir)
     tic = time.perf_counter()
@@ -96,8 +112,13 @@ def profile_reference(args):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    opts = {"reference_dir": args.reference_dir, "threads": args.threads, "train_size": V.parse_hw(args.size),
-            "train_batch": args.batch, "infer_size": V.parse_hw(args.size)}
+    opts = {
+        "reference_dir": args.reference_dir,
+        "threads": args.threads,
+        "train_size": V.parse_hw(args.size),
+        "train_batch": args.batch,
+        "infer_size": V.parse_hw(args.size),
+    }
     worker = V.TorchWorker(opts)
     bf16 = args.precision != "float32"
     run = worker._train_runner(bf16) if args.part == "train" else worker._infer_runner(bf16)
@@ -116,7 +137,9 @@ def profile_reference(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("side", choices=("ours", "reference"))
     parser.add_argument("--reference_dir", default="/work/ref/semantic-segmentation")
     parser.add_argument("--part", default="train", choices=("train", "infer"))
@@ -125,13 +148,20 @@ def main():
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=0, help="threads (0: the framework's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="threads (0: the framework's default)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    wall, by_type, by_name, by_part = (profile_ours if args.side == "ours" else profile_reference)(args)
+    wall, by_type, by_name, by_part = (profile_ours if args.side == "ours" else profile_reference)(
+        args
+    )
     total = sum(by_type.values())
-    print(f"== {args.side} {args.part} {args.size} batch {args.batch} {args.precision}: wall {wall:.3f} s/step, "
-          f"op time {total:.3f} s/step (load {os.getloadavg()[0]:.1f})")
+    print(
+        f"== {args.side} {args.part} {args.size} batch {args.batch} {args.precision}: "
+        f"wall {wall:.3f} s/step, "
+        f"op time {total:.3f} s/step (load {os.getloadavg()[0]:.1f})"
+    )
     for title, counter in (("op type", by_type), ("part", by_part), ("op", by_name)):
         if not counter:
             continue
@@ -140,8 +170,17 @@ def main():
             print(f"   {seconds:8.3f} s {100 * seconds / total:5.1f}%  {key[:140]}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"wall": wall, "total": total, "by_type": by_type, "by_part": by_part,
-                       "by_name": dict(by_name.most_common(200))}, f, indent=1)
+            json.dump(
+                {
+                    "wall": wall,
+                    "total": total,
+                    "by_type": by_type,
+                    "by_part": by_part,
+                    "by_name": dict(by_name.most_common(200)),
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-import os, sys, time
+import os
+import sys
+import time
+
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-sys.path.insert(0, "benchmarks"); sys.path.insert(0, ".")
-import numpy as np
+sys.path.insert(0, "benchmarks")
+sys.path.insert(0, ".")
 import inference
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
 from hmsa_keras.export import tflite
 from hmsa_keras.export.saved_model import HMSAExportModule
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
 size = (256, 512)
 model, _ = inference.build_model(False)
 module = HMSAExportModule(model, (1.0,), False)
@@ -18,8 +24,17 @@ for fixed in (size, None):
         if fixed is None:
             it.resize_tensor_input(inp["index"], [1, *size, 3])
         it.allocate_tensors()
-        it.set_tensor(inp["index"], x); it.invoke()
+        it.set_tensor(inp["index"], x)
+        it.invoke()
         ts = []
         for _ in range(5):
-            t = time.perf_counter(); it.set_tensor(inp["index"], x); it.invoke(); ts.append(time.perf_counter() - t)
-        print("fixed" if fixed else "dynamic", resolver.name, "median %.3f s" % np.median(ts), flush=True)
+            t = time.perf_counter()
+            it.set_tensor(inp["index"], x)
+            it.invoke()
+            ts.append(time.perf_counter() - t)
+        print(
+            "fixed" if fixed else "dynamic",
+            resolver.name,
+            "median %.3f s" % np.median(ts),
+            flush=True,
+        )
