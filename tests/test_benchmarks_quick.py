@@ -54,7 +54,10 @@ def reports(tmp_path_factory):
         for name in ("train_cost", "inference", "accuracy", "atrous_grad")
     }
     procs = {
-        "train_cost": _launch("train_cost.py", dirs["train_cost"]),
+        # explicit attention (8.7x a single-scale step) is left to the full run: CI time
+        "train_cost": _launch(
+            "train_cost.py", dirs["train_cost"], "--variants=single,hierarchical,hierarchical3"
+        ),
         "inference": _launch("inference.py", dirs["inference"]),
         "accuracy": _launch(
             "accuracy.py", dirs["accuracy"], f"--work_dir={dirs['accuracy'] / 'runs'}"
@@ -74,7 +77,7 @@ def test_train_cost_quick(reports):
     assert report["benchmark"] == "train_cost" and report["quick"]
     entry = report["configs"]["tiny"]
     assert _positive(entry["matmul_gflops_median"])
-    assert set(entry["variants"]) == {"single", "hierarchical", "hierarchical3", "explicit"}
+    assert set(entry["variants"]) == {"single", "hierarchical", "hierarchical3"}
     for name, row in entry["variants"].items():
         assert _positive(row["step_seconds_median"]) and _positive(row["time_ratio"])
         assert _positive(row["train_flops"]) and _positive(row["achieved_gflops"])
@@ -91,9 +94,7 @@ def test_train_cost_quick(reports):
         < v["hierarchical"]["train_flops"]
         < v["hierarchical3"]["train_flops"]
     )
-    # three-scale HMSA runs the attention head at 0.5 and 1.0 only, explicit at all three scales
-    assert v["hierarchical3"]["train_flops"] < v["explicit"]["train_flops"]
-    assert v["hierarchical"]["pixels_ratio"] == 1.25 and v["explicit"]["pixels_ratio"] == 5.25
+    assert v["hierarchical"]["pixels_ratio"] == 1.25
     assert v["hierarchical3"]["pixels_ratio"] == 5.25
     assert report["checks"] and all(
         {"name", "value", "target", "ok"} <= set(c) for c in report["checks"]
