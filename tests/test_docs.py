@@ -235,7 +235,7 @@ def _readme_bash_blocks():
 def test_readme_opens_with_the_quickstart_and_the_ci_test_command():
     first, second = _readme_bash_blocks()[:2]
     assert first == "pip install -e . && hmsa-train --flagfile=flags/quickstart.cfg"
-    assert second == 'pip install -e ".[test]" && python -m pytest'
+    assert second == 'pip install -e ".[test]" && ruff check . && python -m pytest'
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1].strip() == second, ".ci/run must run the README's test command"
     assert 'python -m pytest -m "not slow"' in README
