@@ -12,6 +12,7 @@ from absl import app, flags
 from hmsa_keras import config as C
 from hmsa_keras.cli import schema
 from tests.conftest import REPO
+from tests.helpers.common import cli_tools
 
 ALL_CONFIGS = C.RUN_CONFIGS + (
     C.EvalConfig,
@@ -21,20 +22,6 @@ ALL_CONFIGS = C.RUN_CONFIGS + (
     C.ConvertConfig,
 )
 RECIPES = sorted(pathlib.Path(REPO / "flags").glob("*.cfg"))
-
-
-def _tools():
-    from hmsa_keras.cli import convert, data, eval, export, predict, train
-
-    return {
-        "hmsa-train": train.TOOL,
-        "hmsa-eval": eval.TOOL,
-        "hmsa-predict": predict.TOOL,
-        "hmsa-autolabel": predict.AUTOLABEL_TOOL,
-        "hmsa-export": export.TOOL,
-        "hmsa-data": data.TOOL,
-        "hmsa-convert": convert.TOOL,
-    }
 
 
 def _other_value(spec):
@@ -211,7 +198,7 @@ def test_shorthand_and_aliases_of_old_flagfiles():
 )
 def test_one_recipe_serves_every_tool(recipe, tool_name):
     """Each tool takes from a recipe what concerns it and ignores the training-only flags."""
-    tool = _tools()[tool_name]
+    tool = cli_tools()[tool_name]
     positional = ["check"] if tool_name == "hmsa-data" else []
     tool.parse([tool_name, f"--flagfile={recipe}", *positional])
     text = recipe.read_text()
@@ -255,7 +242,7 @@ def test_recipe_flag_overrides_and_command_line_order(tmp_path):
 )
 @pytest.mark.parametrize("help_flag", ["--help", "--helpfull", "--helpshort"])
 def test_help_exits_zero_and_lists_the_tools_own_flags(tool_name, help_flag, capsys):
-    tool = _tools()[tool_name]
+    tool = cli_tools()[tool_name]
     with pytest.raises(SystemExit) as exit_info:
         tool.run(lambda argv: 1, [tool_name, help_flag])
     assert exit_info.value.code == 0
@@ -276,7 +263,7 @@ def test_console_scripts_help_in_a_fresh_process():
     import shutil
     import subprocess
 
-    for name in _tools():
+    for name in cli_tools():
         exe = shutil.which(name)
         if exe is None:
             pytest.skip(f"{name} is not installed (pip install -e .)")

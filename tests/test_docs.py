@@ -15,6 +15,7 @@ import shlex
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers.common import cli_tools
 
 DOCS = [REPO / "README.md", REPO / "export" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 TOOLS = (
@@ -120,20 +121,6 @@ def documented_commands():
     return found
 
 
-def _tools():
-    from hmsa_keras.cli import convert, data, eval, export, predict, train
-
-    return {
-        "hmsa-train": train.TOOL,
-        "hmsa-eval": eval.TOOL,
-        "hmsa-predict": predict.TOOL,
-        "hmsa-autolabel": predict.AUTOLABEL_TOOL,
-        "hmsa-export": export.TOOL,
-        "hmsa-data": data.TOOL,
-        "hmsa-convert": convert.TOOL,
-    }
-
-
 def _absl_accepts(flag_values, name):
     if name in ABSL_BUILTIN or name in flag_values:
         return True
@@ -165,7 +152,7 @@ def test_the_docs_document_commands():
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_documented_tool_commands_use_defined_flags(tool):
-    flag_values = _tools()[tool].flags
+    flag_values = cli_tools()[tool].flags
     wrong = [
         f"{path}: `{text}`: --{name}"
         for path, program, text, names in COMMANDS

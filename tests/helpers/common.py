@@ -17,6 +17,21 @@ TINY = dict(
 )
 
 
+def cli_tools():
+    """{console script name: its ``hmsa_keras.cli.tool.Tool``}, for every ``hmsa-*`` tool."""
+    from hmsa_keras.cli import convert, data, eval, export, predict, train
+
+    return {
+        "hmsa-train": train.TOOL,
+        "hmsa-eval": eval.TOOL,
+        "hmsa-predict": predict.TOOL,
+        "hmsa-autolabel": predict.AUTOLABEL_TOOL,
+        "hmsa-export": export.TOOL,
+        "hmsa-data": data.TOOL,
+        "hmsa-convert": convert.TOOL,
+    }
+
+
 def setup_tf(logical_cpus=0):
     """Logical CPU devices (before any op) and no grappler: these tiny graphs are traced
     once and run a few steps, so graph optimisation costs more than it saves."""
