@@ -81,7 +81,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,36 +173,13 @@ def vm_hwm_mb():
 
 # ============================================================================ reference worker
 def install_reference_stand_ins(reference_dir):
-    """Plain-PyTorch stand-ins for the reference's CUDA/apex/runx-only imports, the
-    reference on ``sys.path``, and ResNet-50 built without downloading ImageNet weights."""
-    import numpy as np
-    import torch.nn as nn
+    """Plain-PyTorch stand-ins for the reference's CUDA/apex/runx-only imports (those of the
+    golden generator, ``tests/goldens/make_hrnet_ocr_golden.py: install_stand_ins``) and the
+    reference on ``sys.path``."""
+    sys.path.insert(0, str(REPO))
+    from tests.goldens.make_hrnet_ocr_golden import install_stand_ins
 
-    def module(name, **attrs):
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-        return mod
-
-    quiet = types.SimpleNamespace(
-        msg=lambda *a, **k: None,
-        metric=lambda *a, **k: None,
-        add_image=lambda *a, **k: None,
-        save_model=lambda *a, **k: None,
-    )
-    module("runx", logx=module("runx.logx", logx=quiet))
-    amp = module("apex.amp", float_function=lambda f: f)
-    parallel = module(
-        "apex.parallel",
-        SyncBatchNorm=nn.BatchNorm2d,
-        DistributedDataParallel=nn.parallel.DistributedDataParallel,
-    )
-    module("apex", amp=amp, parallel=parallel)
-    # utils/misc.py imports OpenCV, torchvision and more for its other helpers; mscale.py
-    # needs only this name formatter (its behaviour: "pred_0.5x").
-    module("utils.misc", fmt_scale=lambda prefix, scale: f"{prefix}_{float(scale)}x")
-    if not hasattr(np, "int"):  # network/hrnetv2.py, imported by network/utils.py
-        np.int = int
+    install_stand_ins()
     sys.path.insert(0, os.path.abspath(reference_dir))
 
 
