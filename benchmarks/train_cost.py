@@ -85,6 +85,11 @@ VARIANTS = {
     "hierarchical_attn64": dict(
         fusion="hierarchical", train_scales=(0.5, 1.0), attention_channels=64
     ),
+    # not in the default runs: the attention head at 0.5x only (the default runs it at every
+    # training scale for its BatchNorm statistics, as the reference's two_scale_forward)
+    "hierarchical_fused_bn": dict(
+        fusion="hierarchical", train_scales=(0.5, 1.0), attention_bn="fused_scales"
+    ),
 }
 CONFIGS = {
     "mnv2_256x512": dict(
