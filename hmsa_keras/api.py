@@ -49,6 +49,10 @@ def resolve_model_path(path: str) -> str:
         raise FileNotFoundError(
             f"No model at {path!r} (expected a .keras file or a training directory)"
         )
+    if not path.endswith(".keras"):
+        raise FileNotFoundError(
+            f"{path!r} is not a model: expected a .keras file or a training directory"
+        )
     return path
 
 

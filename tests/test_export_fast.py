@@ -267,3 +267,23 @@ def test_automatic_float_ops_choice():
     assert choose_float_ops(
         [{"float_ops": [], "agreement": 0.9}, {"float_ops": ["MUL"], "agreement": 0.95}]
     ) == ("MUL",)
+
+
+def test_report_measures_each_size_once():
+    """The calibration size equal to the deployment size adds no second (identical) column."""
+    import numpy as np
+
+    import hmsa_keras
+    from hmsa_keras.export import report as R
+    from tests.conftest import TINY
+
+    model = hmsa_keras.build_model(num_classes=3, **TINY)
+    images = [np.zeros((32, 48, 3), np.uint8)]
+    both = R.EvalSet(
+        model, images, None, (1.0,), False, deploy_size=(64, 64), calibration_size=(64, 64)
+    )
+    assert sorted(both.sets) == ["deploy", "val"]
+    other = R.EvalSet(
+        model, images, None, (1.0,), False, deploy_size=(64, 64), calibration_size=(32, 32)
+    )
+    assert sorted(other.sets) == ["calibration", "deploy", "val"]

@@ -18,6 +18,7 @@ from hmsa_keras import conventions
 from hmsa_keras.config import DataConfig
 from hmsa_keras.data import io as dio
 from hmsa_keras.data.io import DataError
+from tests.conftest import REPO
 
 ORIENTATION = 0x0112
 
@@ -486,3 +487,39 @@ def test_predict_reads_16bit_and_rotated_files_like_their_plain_copies(tmp_path,
     expected = f"{inputs / 'tiny.png'}: image of 20x64 (HxW) is 10x32 at scale 0.5"
     assert str(err.value).startswith(expected)
     assert "\n" not in str(err.value)
+
+
+def test_eval_names_the_flag_for_files_that_are_not_models(tmp_path):
+    """A PNG given as --tflite or --model_dir: one usage line naming the flag (not a
+    traceback from the FlatBuffers reader, nor a complaint about --dataset)."""
+    from absl import app
+    from PIL import Image
+
+    from hmsa_keras.cli import eval as cli
+
+    png = tmp_path / "street.png"
+    Image.new("RGB", (8, 8)).save(png)
+    with pytest.raises(app.UsageError, match=r"--tflite: .*street\.png.* is not a TFLite model"):
+        cli.TOOL.invoke(cli.main, [f"--tflite={png}", "--dataset=synthetic"])
+    with pytest.raises(app.UsageError, match=r"--model_dir: .*street\.png.* is not a model"):
+        cli.TOOL.invoke(cli.main, [f"--model_dir={png}"])
+
+
+def test_litert_runner_names_a_missing_or_foreign_model_file(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    png = tmp_path / "street.png"
+    Image.new("RGB", (8, 8)).save(png)
+    runner = REPO / "export" / "litert_runner.py"
+    for model, words in ((tmp_path / "none.tflite", "no such file"), (png, "not a TFLite model")):
+        proc = subprocess.run(
+            [sys.executable, str(runner), str(model), str(png), "--out", str(tmp_path / "o.png")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr

@@ -76,6 +76,11 @@ def check_flags(opts: EvalConfig, train_cfg: TrainConfig):
             raise usage("saved_model", str(exc)) from None
     if opts.tflite and not os.path.isfile(opts.tflite):
         raise usage("tflite", f"{opts.tflite!r}: no such .tflite file")
+    if opts.tflite:
+        with open(opts.tflite, "rb") as f:
+            header = f.read(8)
+        if header[4:8] != b"TFL3":  # the FlatBuffers file identifier of TFLite models
+            raise usage("tflite", f"{opts.tflite!r} is not a TFLite model (no TFL3 identifier)")
     exported = opts.saved_model or opts.tflite
     if model_dir:
         common.model_path_checked(model_dir)
@@ -234,6 +239,8 @@ def main(argv):
     if out_dir:
         paths = M.write_results(results, out_dir)
         print(f"\nwrote {', '.join(paths)}")
+    else:  # an exported file has no run directory to write beside
+        print("\n(no JSON/CSV written: give --output_dir to keep these metrics)")
     if writer:
         print(f"wrote {writer.index} Cityscapes result PNGs to {opts.cityscapes_submission_dir}")
     return 0

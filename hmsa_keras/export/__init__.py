@@ -104,6 +104,11 @@ def export_model(
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; allowed: {ALL_VARIANTS}")
     os.makedirs(output_dir, exist_ok=True)
+    echo(
+        f"Exporting to {output_dir}: {', '.join(v for v in ALL_VARIANTS if v in variants)} "
+        f"(chain {','.join(f'{s:g}' for s in scales)}{' + flip' if flip else ''}); each file "
+        "is checked against the Keras model as it is written (minutes per variant on a CPU)"
+    )
     model = as_float32(model)
     calibration_images = list(calibration_images)
     if calibration_size:

@@ -314,6 +314,11 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=10, help="timed runs for --benchmark")
     args = parser.parse_args(argv)
 
+    if not os.path.isfile(args.model):
+        parser.error(f"model {args.model!r}: no such file (expected a .tflite file)")
+    with open(args.model, "rb") as f:
+        if f.read(8)[4:8] != b"TFL3":  # the FlatBuffers file identifier of TFLite models
+            parser.error(f"model {args.model!r} is not a TFLite model (no TFL3 identifier)")
     segmenter = LiteRTSegmenter(args.model, args.threads)
     if args.benchmark:
         median, _ = segmenter.benchmark(_parse_size(args.benchmark), args.runs)

@@ -129,7 +129,7 @@ class EvalSet:
         for key, size in (("deploy", deploy_size), ("calibration", calibration_size)):
             if not size or all(tuple(i.shape[:2]) == tuple(size) for i in images):
                 continue
-            if any(tuple(size) == tuple(s) for s in self.sizes().values()):
+            if "x".join(map(str, size)) in self.sizes().values():  # already measured there
                 continue
             resized = [resize_image(i, size) for i in images]
             self.sets[key] = (resized, keras_classes(model, resized, scales, flip))
