@@ -270,3 +270,15 @@ def test_console_scripts_help_in_a_fresh_process():
         proc = subprocess.run([exe, "--helpfull"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "--verbosity:" in proc.stdout and "cpu_feature_guard" not in proc.stderr, name
+
+
+@pytest.mark.parametrize(
+    "tool_name", ["hmsa-eval", "hmsa-predict", "hmsa-autolabel", "hmsa-export"]
+)
+def test_inference_tools_describe_model_dir_as_the_model_to_read(tool_name):
+    """--model_dir is the model these tools read, not where training writes, and its recipe
+    default (runs/quickstart) is not offered as theirs."""
+    text = cli_tools()[tool_name].help_text()
+    entry = text.split("  --model_dir: ", 1)[1].split("\n  --", 1)[0]
+    assert entry.startswith("The model: a training directory") and "runs/quickstart" not in entry
+    assert "the run's own" in text.split("  --eval_scales: ", 1)[1].split("\n  --", 1)[0]

@@ -33,6 +33,14 @@ EVAL_DATA_FIELDS = (
     "mapillary_version",
 )
 INFERENCE_ALIASES = {"scales": "eval_scales", "flip": "eval_flip"}
+# What the run flags mean to the tools that read a trained model (Tool.help_overrides).
+INFERENCE_HELP = {
+    "model_dir": "The model: a training directory (its best.keras, else last.keras; its "
+    "config.json gives the dataset and chain) or a .keras file.",
+    "eval_scales": "Inference scale chain, e.g. 0.5,1.0,2.0 (default: the run's own, from its "
+    "config.json).",
+    "eval_flip": "Also segment the flipped image and average (default: the run's own setting).",
+}
 
 
 def model_path_checked(path) -> str:

@@ -3,7 +3,7 @@
     hmsa-eval --model_dir=runs/qs --scales=0.5,1.0,2.0 --flip
     hmsa-eval --model_dir=runs/qs --sweep="1.0;0.5,1.0;0.5,1.0,2.0"
     hmsa-eval --flagfile=flags/quickstart.cfg                 (the recipe's run, dataset and chain)
-    hmsa-eval --saved_model=exported/saved_model --dataset=camvid --data_dir=data/camvid \\
+    hmsa-eval --saved_model=exported/hmsa --dataset=camvid --data_dir=data/camvid \\
               --split=test
     hmsa-eval --model_dir=runs/cs --dataset=cityscapes --data_dir=$CITYSCAPES \\
               --cityscapes_submission_dir=results/cs_val
@@ -39,6 +39,7 @@ TOOL = Tool(
         TrainConfig: common.MODEL_DIR_FIELDS + ("strategy", "num_cpu_replicas"),
     },
     aliases={**common.INFERENCE_ALIASES, "batch_size": "eval_batch_size"},
+    help_overrides=common.INFERENCE_HELP,
 )
 
 

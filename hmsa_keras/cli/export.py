@@ -33,6 +33,7 @@ TOOL = Tool(
     options=ExportConfig,
     recipe_fields={DataConfig: None, TrainConfig: common.MODEL_DIR_FIELDS},
     aliases=dict(common.INFERENCE_ALIASES),
+    help_overrides=common.INFERENCE_HELP,
 )
 
 

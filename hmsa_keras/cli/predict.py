@@ -45,6 +45,7 @@ def _tool(name, doc):
         options=PredictConfig,
         recipe_fields={DataConfig: ("dataset", "data_dir"), TrainConfig: common.MODEL_DIR_FIELDS},
         aliases=dict(common.INFERENCE_ALIASES),
+        help_overrides=common.INFERENCE_HELP,
     )
 
 

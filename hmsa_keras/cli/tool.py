@@ -68,6 +68,9 @@ class Tool:
       recipe_fields: ``{run config class: field names or None (all)}`` the tool reads.
       aliases: tool-local ``{alias: flag}``.
       positional: names of allowed positional commands (``hmsa-data check|info``), or None.
+      help_overrides: ``{flag: help}`` for recipe flags that mean something else to this
+        tool (``--model_dir`` is the model to read, not where training writes); their
+        recipe default is not shown, since the tool takes the value from the run instead.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Tool:
     recipe_fields: Dict[type, Optional[Sequence[str]]] = dataclasses.field(default_factory=dict)
     aliases: Dict[str, str] = dataclasses.field(default_factory=dict)
     positional: Optional[Sequence[str]] = None
+    help_overrides: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.flags = flags.FlagValues()
@@ -86,6 +90,8 @@ class Tool:
         for cls, fields in self.recipe_fields.items():
             group = f"recipe ({cls.__name__})"
             self._read |= set(schema.define_flags(cls, self.flags, fields, module_name=group))
+        for name, text in self.help_overrides.items():
+            self.flags[name].help = text
         for alias, target in self.aliases.items():
             flags.DEFINE_alias(alias, target, flag_values=self.flags, module_name=self.name)
             self._own.append(alias)
@@ -213,7 +219,9 @@ class Tool:
             for flag in sorted(flag_list, key=lambda f: f.name):
                 default = flag.default_as_str if flag.default is not None else "unset"
                 text = f"  --{flag.name}: {flag.help}"
-                if not flag.help.startswith("Alias for"):
+                if flag.name in self.help_overrides:
+                    pass  # the help says where the value comes from
+                elif not flag.help.startswith("Alias for"):
                     text += f"\n    (default: {default})"
                 lines.append(text)
             lines.append("")
