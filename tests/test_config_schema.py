@@ -12,7 +12,7 @@ from absl import app, flags
 from hmsa_keras import config as C
 from hmsa_keras.cli import schema
 from tests.conftest import REPO
-from tests.helpers.common import cli_tools
+from tests.helpers.common import TOOL_NAMES, cli_tools
 
 ALL_CONFIGS = C.RUN_CONFIGS + (
     C.EvalConfig,
@@ -186,15 +186,7 @@ def test_shorthand_and_aliases_of_old_flagfiles():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 @pytest.mark.parametrize(
     "tool_name",
-    [
-        "hmsa-train",
-        "hmsa-eval",
-        "hmsa-predict",
-        "hmsa-autolabel",
-        "hmsa-export",
-        "hmsa-data",
-        "hmsa-convert",
-    ],
+    TOOL_NAMES,
 )
 def test_one_recipe_serves_every_tool(recipe, tool_name):
     """Each tool takes from a recipe what concerns it and ignores the training-only flags."""
@@ -230,15 +222,7 @@ def test_recipe_flag_overrides_and_command_line_order(tmp_path):
 
 @pytest.mark.parametrize(
     "tool_name",
-    [
-        "hmsa-train",
-        "hmsa-eval",
-        "hmsa-predict",
-        "hmsa-autolabel",
-        "hmsa-export",
-        "hmsa-data",
-        "hmsa-convert",
-    ],
+    TOOL_NAMES,
 )
 @pytest.mark.parametrize("help_flag", ["--help", "--helpfull", "--helpshort"])
 def test_help_exits_zero_and_lists_the_tools_own_flags(tool_name, help_flag, capsys):
@@ -282,3 +266,7 @@ def test_inference_tools_describe_model_dir_as_the_model_to_read(tool_name):
     entry = text.split("  --model_dir: ", 1)[1].split("\n  --", 1)[0]
     assert entry.startswith("The model: a training directory") and "runs/quickstart" not in entry
     assert "the run's own" in text.split("  --eval_scales: ", 1)[1].split("\n  --", 1)[0]
+
+
+def test_tool_names_are_the_tools():
+    assert tuple(cli_tools()) == TOOL_NAMES

@@ -15,18 +15,10 @@ import shlex
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers.common import cli_tools
+from tests.helpers.common import TOOL_NAMES, cli_tools
 
 DOCS = [REPO / "README.md", REPO / "export" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-TOOLS = (
-    "hmsa-train",
-    "hmsa-eval",
-    "hmsa-predict",
-    "hmsa-autolabel",
-    "hmsa-export",
-    "hmsa-data",
-    "hmsa-convert",
-)
+TOOLS = TOOL_NAMES
 # absl flags every tool accepts without defining them
 ABSL_BUILTIN = {"flagfile", "help", "helpfull", "helpshort", "helpxml", "undefok"}
 SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", ";;"}

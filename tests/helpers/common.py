@@ -17,8 +17,21 @@ TINY = dict(
 )
 
 
+# The console scripts of setup.py, in the order of cli_tools()
+TOOL_NAMES = (
+    "hmsa-train",
+    "hmsa-eval",
+    "hmsa-predict",
+    "hmsa-autolabel",
+    "hmsa-export",
+    "hmsa-data",
+    "hmsa-convert",
+)
+
+
 def cli_tools():
-    """{console script name: its ``hmsa_keras.cli.tool.Tool``}, for every ``hmsa-*`` tool."""
+    """{console script name: its ``hmsa_keras.cli.tool.Tool``}, for every ``hmsa-*`` tool
+    (the keys are :data:`TOOL_NAMES`)."""
     from hmsa_keras.cli import convert, data, eval, export, predict, train
 
     return {
